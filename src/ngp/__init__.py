@@ -1,0 +1,27 @@
+"""ngp — Instant Neural Graphics Primitives (Müller et al. 2022) in PyTorch, fast on CPU and GPU.
+
+The building blocks mirror tiny-cuda-nn::
+
+    import ngp
+    model = ngp.NetworkWithInputEncoding(
+        n_input_dims=2, n_output_dims=3,
+        encoding_config={"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2,
+                         "log2_hashmap_size": 19, "base_resolution": 16, "per_level_scale": 1.5},
+        network_config={"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None",
+                        "n_neurons": 64, "n_hidden_layers": 2},
+    )
+    optimizer = ngp.build_optimizer({"otype": "Adam", "learning_rate": 1e-2}, model)
+"""
+
+from ngp.config import ConfigError, load_config
+from ngp.encodings import Encoding
+from ngp.losses import build_loss
+from ngp.networks import Network, NetworkWithInputEncoding
+from ngp.optim import build_optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "Encoding", "Network", "NetworkWithInputEncoding",
+    "build_loss", "build_optimizer", "load_config", "__version__",
+]

@@ -1,0 +1,53 @@
+"""Writing files so that a crash or an error never leaves a half-written result behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
+
+    The temporary name keeps ``path``'s suffix so that writers choosing a format by extension work.
+
+    Example:
+        >>> with atomic_path(out / "image.png") as tmp:
+        ...     imageio.imwrite(tmp, pixels)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) and check it is writable, before any expensive work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output path exists and is not a folder: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to output folder {path}: {error.strerror or error}") from None
+    return path
+
+
+def check_writable_file(path: str | Path) -> Path:
+    """Check that ``path``'s folder exists (creating it) and is writable; returns ``path``."""
+    path = Path(path)
+    prepare_output_dir(path.parent if str(path.parent) else Path("."))
+    if path.exists() and path.is_dir():
+        raise IsADirectoryError(f"output path is a folder, expected a file: {path}")
+    return path

@@ -1,0 +1,38 @@
+"""Numba Adam step: one parallel pass over the parameters (see the reference for the definition).
+
+A hash table has millions of entries; the reference's chain of tensor operations reads and writes
+them a dozen times per step, this loop once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+import torch
+
+
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _adam_kernel(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, l2_reg, skip_zero_grads):
+    for i in nb.prange(param.shape[0]):
+        g = grad[i]
+        if skip_zero_grads and g == 0.0:
+            continue
+        g += l2_reg * param[i]
+        m = beta1 * exp_avg[i] + (1.0 - beta1) * g
+        v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        param[i] -= step_size * m / (math.sqrt(v) + eps)
+
+
+def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2_reg, skip_zero_grads) -> None:
+    """Same contract as :func:`ngp.kernels.reference.adam.adam_step_`; CPU, contiguous tensors."""
+    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    views = [t.detach().view(-1).numpy() for t in (param, grad, exp_avg, exp_avg_sq)]
+    _adam_kernel(*views, np.float64(step_size), beta1, beta2, eps, l2_reg, skip_zero_grads)
+
+
+def supports(param: torch.Tensor) -> bool:
+    return param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64) and param.is_contiguous()

@@ -1,0 +1,105 @@
+"""Fully connected networks in tiny-cuda-nn's shape: ``Network`` and ``NetworkWithInputEncoding``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ngp.config import otype_of, require_choice, require_int, with_defaults
+from ngp.encodings import Encoding
+
+#: tiny-cuda-nn's network types all mean "an MLP" here; the fused ones are GPU implementation details.
+NETWORK_OTYPES = ("FullyFusedMLP", "CutlassMLP", "MLP")
+NETWORK_DEFAULTS = {"n_neurons": 64, "n_hidden_layers": 2, "activation": "ReLU", "output_activation": "None"}
+
+ACTIVATIONS = {
+    "None": nn.Identity,
+    "ReLU": nn.ReLU,
+    "LeakyReLU": lambda: nn.LeakyReLU(0.01),
+    "Exponential": lambda: _Lambda(torch.exp),
+    "Sine": lambda: _Lambda(torch.sin),
+    "Sigmoid": nn.Sigmoid,
+    "Squareplus": lambda: _Lambda(lambda x: 0.5 * (x + torch.sqrt(x * x + 4.0))),
+    "Softplus": nn.Softplus,
+    "Tanh": nn.Tanh,
+}
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class Network(nn.Module):
+    """A multilayer perceptron ``[N, n_input_dims] -> [N, n_output_dims]``.
+
+    Like tiny-cuda-nn's MLPs: ``n_hidden_layers`` hidden layers of ``n_neurons``, ``activation``
+    after each, ``output_activation`` at the end, no biases (a learned encoding makes them
+    redundant), weights initialised Xavier-uniform.
+
+    Example:
+        >>> net = Network(32, 3, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2})
+        >>> net(torch.rand(8, 32)).shape
+        torch.Size([8, 3])
+    """
+
+    def __init__(self, n_input_dims: int, n_output_dims: int, network_config: Mapping[str, Any] | None = None):
+        super().__init__()
+        config = dict(network_config or {"otype": "FullyFusedMLP"})
+        otype = require_choice(otype_of(config, "network"), NETWORK_OTYPES, "otype", "network")
+        what = f"network {otype!r}"
+        config = with_defaults(config, NETWORK_DEFAULTS, what)
+        self.n_input_dims = require_int(n_input_dims, "n_input_dims", what, 1)
+        self.n_output_dims = require_int(n_output_dims, "n_output_dims", what, 1)
+        width = require_int(config["n_neurons"], "n_neurons", what, 1)
+        depth = require_int(config["n_hidden_layers"], "n_hidden_layers", what, 0)
+        activation = require_choice(config["activation"], ACTIVATIONS, "activation", what)
+        output_activation = require_choice(config["output_activation"], ACTIVATIONS, "output_activation", what)
+        sizes = [n_input_dims] + [width] * depth + [n_output_dims]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out, bias=False))
+            nn.init.uniform_(layers[-1].weight, -math.sqrt(6 / (fan_in + fan_out)), math.sqrt(6 / (fan_in + fan_out)))
+            last = i == len(sizes) - 2
+            layers.append(ACTIVATIONS[output_activation if last else activation]())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.n_input_dims:
+            raise ValueError(f"Network expects input of shape [N, {self.n_input_dims}], got {list(x.shape)}")
+        return self.layers(x)
+
+
+class NetworkWithInputEncoding(nn.Module):
+    """``Network(Encoding(x))`` in one module: ``[N, n_input_dims] -> [N, n_output_dims]``.
+
+    Example:
+        >>> model = NetworkWithInputEncoding(2, 3, {"otype": "HashGrid"}, {"otype": "FullyFusedMLP"})
+        >>> model(torch.rand(8, 2)).shape
+        torch.Size([8, 3])
+    """
+
+    def __init__(
+        self,
+        n_input_dims: int,
+        n_output_dims: int,
+        encoding_config: Mapping[str, Any],
+        network_config: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.encoding = Encoding(n_input_dims, encoding_config)
+        self.network = Network(self.encoding.n_output_dims, n_output_dims, network_config)
+        self.n_input_dims = n_input_dims
+        self.n_output_dims = n_output_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoding(x)
+        return self.network(features.to(self.network.layers[0].weight.dtype))
+

@@ -1,0 +1,235 @@
+"""The paper's optimiser: Adam (beta=(0.9, 0.99), eps=1e-15), L2 on network weights only,
+an optional exponential learning-rate decay and an optional exponential moving average (EMA) of
+the weights — built from tiny-cuda-nn's nested optimizer configs::
+
+    {"otype": "Ema", "decay": 0.95, "nested": {"otype": "ExponentialDecay", "decay_start": 20000,
+     "decay_interval": 10000, "decay_base": 0.33, "nested": {"otype": "Adam", "learning_rate": 1e-2,
+     "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from ngp.config import ConfigError, otype_of, require_choice, require_float, require_int, with_defaults
+from ngp.encodings import Encoding
+from ngp.kernels.cpu import adam as cpu_adam
+from ngp.kernels.reference import adam as reference_adam
+from ngp.ops.backend import requested_backend
+
+ADAM_DEFAULTS = {
+    "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6,
+    "relative_decay": 0.0, "absolute_decay": 0.0, "adabound": False,
+}
+DECAY_DEFAULTS = {"decay_start": 0, "decay_interval": 10000, "decay_base": 0.33, "decay_end": 10**12}
+OPTIMIZER_OTYPES = ("Adam", "ExponentialDecay", "Ema")
+
+
+@dataclass
+class AdamSettings:
+    learning_rate: float = 1e-2
+    beta1: float = 0.9
+    beta2: float = 0.99
+    epsilon: float = 1e-15
+    l2_reg: float = 1e-6
+
+
+@dataclass
+class ExponentialDecay:
+    """``lr * decay_base ** n`` where ``n`` counts the ``decay_interval``s since ``decay_start``."""
+
+    decay_start: int
+    decay_interval: int
+    decay_base: float
+    decay_end: int = 10**12
+
+    def factor(self, step: int) -> float:
+        step = min(step, self.decay_end)
+        if step < self.decay_start:
+            return 1.0
+        return self.decay_base ** ((step - self.decay_start) // self.decay_interval + 1)
+
+
+@dataclass
+class OptimizerSettings:
+    adam: AdamSettings
+    decay: ExponentialDecay | None = None
+    ema_decay: float | None = None
+
+
+def parse_optimizer_config(config: Mapping[str, Any] | None) -> OptimizerSettings:
+    """Unwrap ``Ema`` / ``ExponentialDecay`` / ``Adam`` configs (nested in any of those orders)."""
+    config = config or {"otype": "Adam"}
+    decay, ema = None, None
+    while True:
+        otype = require_choice(otype_of(config, "optimizer"), OPTIMIZER_OTYPES, "otype", "optimizer")
+        what = f"optimizer {otype!r}"
+        if otype == "Ema":
+            c = with_defaults(config, {"decay": 0.99, "nested": None}, what, {"full_precision"})
+            ema = require_float(c["decay"], "decay", what, 0.0, 1.0)
+        elif otype == "ExponentialDecay":
+            c = with_defaults(config, {**DECAY_DEFAULTS, "nested": None}, what)
+            decay = ExponentialDecay(
+                require_int(c["decay_start"], "decay_start", what, 0),
+                require_int(c["decay_interval"], "decay_interval", what, 1),
+                require_float(c["decay_base"], "decay_base", what, 0.0),
+                require_int(c["decay_end"], "decay_end", what, 0),
+            )
+        else:
+            return OptimizerSettings(_parse_adam(config), decay, ema)
+        if not isinstance(c["nested"], Mapping):
+            raise ConfigError(f"{what}: needs a 'nested' optimizer config")
+        config = c["nested"]
+
+
+def _parse_adam(config: Mapping[str, Any]) -> AdamSettings:
+    what = "optimizer 'Adam'"
+    c = with_defaults(config, ADAM_DEFAULTS, what)
+    for key in ("relative_decay", "absolute_decay"):
+        if c[key]:
+            raise ConfigError(f"{what}: {key}={c[key]} is not supported (only 0)")
+    if c["adabound"]:
+        raise ConfigError(f"{what}: adabound=true is not supported")
+    return AdamSettings(
+        learning_rate=require_float(c["learning_rate"], "learning_rate", what, 0.0),
+        beta1=require_float(c["beta1"], "beta1", what, 0.0, 1.0),
+        beta2=require_float(c["beta2"], "beta2", what, 0.0, 1.0),
+        epsilon=require_float(c["epsilon"], "epsilon", what, 0.0),
+        l2_reg=require_float(c["l2_reg"], "l2_reg", what, 0.0),
+    )
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(encoding parameters, other parameters): the former get no L2 and sparse updates."""
+    encoding_ids = {id(p) for m in model.modules() if isinstance(m, Encoding) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) in encoding_ids], [p for p in params if id(p) not in encoding_ids]
+
+
+class Adam(torch.optim.Optimizer):
+    """Adam as tiny-cuda-nn runs it (see :mod:`ngp.kernels.reference.adam`).
+
+    Param groups carry ``l2_reg`` and ``skip_zero_grads``; :func:`build_optimizer` makes one group
+    for encodings (no L2, zero-gradient entries untouched) and one for networks (L2).
+    """
+
+    def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), eps=1e-15, l2_reg=0.0, skip_zero_grads=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, l2_reg=l2_reg, skip_zero_grads=skip_zero_grads)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                use_kernel = requested_backend() != "reference" and cpu_adam.supports(p) and p.grad.is_contiguous()
+                step_fn = cpu_adam.adam_step_ if use_kernel else reference_adam.adam_step_
+                step_fn(
+                    p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
+                    beta1, beta2, group["eps"], group["l2_reg"], group["skip_zero_grads"],
+                )
+
+
+class ExponentialMovingAverage:
+    """EMA of a model's parameters, for evaluation: ``avg = decay * avg + (1 - decay) * param``.
+
+    Bias-corrected like Adam's moments, so early averages are not pulled towards the initial weights.
+    """
+
+    def __init__(self, params: list[nn.Parameter], decay: float):
+        self.params = params
+        self.decay = decay
+        self.averages = [torch.zeros_like(p) for p in params]
+        self.n_updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n_updates += 1
+        torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the averaged weights into the model (no-op before the first update)."""
+        if not self.n_updates:
+            yield
+            return
+        correction = 1.0 - self.decay**self.n_updates
+        saved = [p.detach().clone() for p in self.params]
+        for p, avg in zip(self.params, self.averages):
+            p.copy_(avg / correction)
+        try:
+            yield
+        finally:
+            for p, s in zip(self.params, saved):
+                p.copy_(s)
+
+
+class Optimizer:
+    """Adam + learning-rate schedule + optional EMA, stepped together. Built by :func:`build_optimizer`."""
+
+    def __init__(self, model: nn.Module, settings: OptimizerSettings):
+        self.settings = settings
+        encoding_params, network_params = split_parameters(model)
+        a = settings.adam
+        groups = [
+            {"params": encoding_params, "l2_reg": 0.0, "skip_zero_grads": True},
+            {"params": network_params, "l2_reg": a.l2_reg, "skip_zero_grads": False},
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.adam = Adam(groups, lr=a.learning_rate, betas=(a.beta1, a.beta2), eps=a.epsilon)
+        params = encoding_params + network_params
+        self.ema = ExponentialMovingAverage(params, settings.ema_decay) if settings.ema_decay else None
+        self.n_steps = 0
+
+    @property
+    def learning_rate(self) -> float:
+        factor = self.settings.decay.factor(self.n_steps) if self.settings.decay else 1.0
+        return self.settings.adam.learning_rate * factor
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for group in self.adam.param_groups:
+            group["lr"] = self.learning_rate
+        self.adam.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.n_steps += 1
+
+    def averaged_weights(self):
+        """Context manager: evaluate with the EMA weights when an EMA is configured."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"adam": self.adam.state_dict(), "n_steps": self.n_steps}
+        if self.ema is not None:
+            state["ema"] = {"averages": self.ema.averages, "n_updates": self.ema.n_updates}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.adam.load_state_dict(state["adam"])
+        self.n_steps = int(state["n_steps"])
+        if self.ema is not None and "ema" in state:
+            for avg, saved in zip(self.ema.averages, state["ema"]["averages"]):
+                avg.copy_(saved)
+            self.ema.n_updates = int(state["ema"]["n_updates"])
+
+
+def build_optimizer(config: Mapping[str, Any] | None, model: nn.Module) -> Optimizer:
+    """An :class:`Optimizer` for ``model`` from a tiny-cuda-nn optimizer config (``Adam`` by default)."""
+    return Optimizer(model, parse_optimizer_config(config))

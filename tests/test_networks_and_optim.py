@@ -1,0 +1,139 @@
+"""MLPs, losses, the paper's Adam (L2 on network weights only, sparse table updates), EMA, decay."""
+
+import math
+
+import pytest
+import torch
+
+import ngp
+from ngp.kernels.cpu import adam as cpu_adam
+from ngp.kernels.reference import adam as reference_adam
+from ngp.losses import build_loss
+from ngp.optim import ExponentialDecay, split_parameters
+
+
+def test_mlp_structure_matches_config():
+    net = ngp.Network(32, 3, {"otype": "CutlassMLP", "n_neurons": 16, "n_hidden_layers": 3,
+                              "activation": "Tanh", "output_activation": "Sigmoid"})
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(l.weight.shape) for l in linears] == [(16, 32), (16, 16), (16, 16), (3, 16)]
+    assert all(l.bias is None for l in linears)
+    out = net(torch.randn(100, 32))
+    assert out.shape == (100, 3) and out.min() >= 0 and out.max() <= 1
+
+
+def test_network_rejects_wrong_width():
+    with pytest.raises(ValueError, match=r"\[N, 8\]"):
+        ngp.Network(8, 1, {"otype": "FullyFusedMLP"})(torch.randn(2, 7))
+
+
+def test_losses_against_closed_forms():
+    pred, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
+    assert build_loss({"otype": "L2"})(pred, target).item() == pytest.approx((1 + 4) / 2)
+    assert build_loss({"otype": "L1"})(pred, target).item() == pytest.approx(1.5)
+    assert build_loss({"otype": "MAPE"})(pred, target).item() == pytest.approx((1 / 0.01 + 2 / 4.01) / 2)
+    assert build_loss({"otype": "RelativeL2"})(pred, target).item() == pytest.approx((1 / 1.01 + 4 / 4.01) / 2)
+    small = build_loss({"otype": "Huber", "delta": 1.0})(torch.tensor([0.5]), torch.tensor([0.0]))
+    assert small.item() == pytest.approx(0.125)
+    large = build_loss({"otype": "Huber", "delta": 0.1})(torch.tensor([2.0]), torch.tensor([0.0]))
+    assert large.item() == pytest.approx((2.0 - 0.05) * 0.1 / 0.1)
+
+
+def model_and_optimizer(config=None):
+    torch.manual_seed(0)
+    model = ngp.NetworkWithInputEncoding(2, 1, {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 8},
+                                         {"otype": "FullyFusedMLP", "n_neurons": 8, "n_hidden_layers": 1})
+    return model, ngp.build_optimizer(config or {"otype": "Adam", "learning_rate": 1e-2, "l2_reg": 0.5}, model)
+
+
+def test_adam_uses_paper_settings_and_l2_only_on_network_weights():
+    model, opt = model_and_optimizer()
+    enc_params, net_params = split_parameters(model)
+    assert enc_params == [model.encoding.table] and len(net_params) == 2
+    groups = {id(g["params"][0]): g for g in opt.adam.param_groups}
+    table_group, net_group = groups[id(model.encoding.table)], groups[id(net_params[0])]
+    assert table_group["l2_reg"] == 0.0 and table_group["skip_zero_grads"]
+    assert net_group["l2_reg"] == 0.5 and not net_group["skip_zero_grads"]
+    assert opt.adam.defaults["betas"] == (0.9, 0.99) and opt.adam.defaults["eps"] == 1e-15
+
+
+def test_untouched_table_rows_do_not_move():
+    model, opt = model_and_optimizer()
+    x = torch.full((4, 2), 0.01)  # touches only a few rows of each level
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        touched = model.encoding.table.grad.abs().sum(1) != 0
+        before = model.encoding.table.detach().clone()
+        opt.step()
+        moved = (model.encoding.table.detach() != before).any(1)
+        assert torch.equal(moved, touched) and 0 < touched.sum() < len(touched)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_numba_adam_matches_reference(skip, l2):
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(2)]
+    grad = torch.randn(1000, generator=g, dtype=torch.float64)
+    grad[::3] = 0
+    states = [[t.clone() for t in (tensors[0], tensors[1].abs(), tensors[1].abs() * 0.1)] for _ in range(2)]
+    for step in (1, 2, 7):
+        reference_adam.adam_step_(states[0][0], grad, states[0][1], states[0][2], step, 0.01, 0.9, 0.99, 1e-15, l2, skip)
+        cpu_adam.adam_step_(states[1][0], grad, states[1][1], states[1][2], step, 0.01, 0.9, 0.99, 1e-15, l2, skip)
+    for a, b in zip(*states):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(states[0][0], tensors[0])
+
+
+def test_first_adam_step_moves_each_weight_by_lr():
+    # With bias correction the first step is lr * g / |g| = lr * sign(g) for every weight.
+    model, opt = model_and_optimizer({"otype": "Adam", "learning_rate": 0.05, "l2_reg": 0.0})
+    weight = model.network.layers[0].weight
+    before = weight.detach().clone()
+    opt.zero_grad()
+    model(torch.rand(64, 2)).sum().backward()
+    grad = weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(weight.detach() - before, -0.05 * grad.sign(), rtol=1e-4, atol=1e-7)
+
+
+def test_exponential_decay_schedule():
+    decay = ExponentialDecay(decay_start=100, decay_interval=50, decay_base=0.5, decay_end=250)
+    assert [decay.factor(s) for s in (0, 99, 100, 149, 150, 250, 10_000)] == [1, 1, 0.5, 0.5, 0.25, 0.0625, 0.0625]
+    model, opt = model_and_optimizer({"otype": "ExponentialDecay", "decay_start": 1, "decay_interval": 1,
+                                      "decay_base": 0.1, "nested": {"otype": "Adam", "learning_rate": 1.0}})
+    assert opt.learning_rate == 1.0
+    opt.n_steps = 2
+    assert opt.learning_rate == pytest.approx(0.01)
+
+
+def test_ema_weights_are_the_bias_corrected_average():
+    model, opt = model_and_optimizer({"otype": "Ema", "decay": 0.5, "nested": {"otype": "Adam"}})
+    weight = model.network.layers[0].weight
+    history = []
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.rand(16, 2)).sum().backward()
+        opt.step()
+        history.append(weight.detach().clone())
+    expected = (0.25 * history[0] + 0.5 * history[1] + 1.0 * history[2]) / 1.75
+    live = weight.detach().clone()
+    with opt.averaged_weights():
+        torch.testing.assert_close(weight.detach(), expected)
+    assert torch.equal(weight.detach(), live)
+
+
+def test_training_reduces_loss():
+    model, opt = model_and_optimizer({"otype": "Adam", "learning_rate": 1e-2})
+    x = torch.rand(2048, 2)
+    target = torch.sin(6 * x[:, :1]) * torch.cos(4 * x[:, 1:])
+    losses = []
+    for _ in range(100):
+        opt.zero_grad()
+        loss = (model(x) - target).square().mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert math.isfinite(losses[-1])
