@@ -70,20 +70,23 @@ def test_untouched_table_rows_do_not_move():
         assert torch.equal(moved, touched) and 0 < touched.sum() < len(touched)
 
 
-@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("l2", [0.0, 1e-3])
-def test_numba_adam_matches_reference(skip, l2):
+def test_numba_adam_matches_reference(sparse, l2):
     g = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(2)]
-    grad = torch.randn(1000, generator=g, dtype=torch.float64)
-    grad[::3] = 0
-    states = [[t.clone() for t in (tensors[0], tensors[1].abs(), tensors[1].abs() * 0.1)] for _ in range(2)]
-    for step in (1, 2, 7):
-        reference_adam.adam_step_(states[0][0], grad, states[0][1], states[0][2], step, 0.01, 0.9, 0.99, 1e-15, l2, skip)
-        cpu_adam.adam_step_(states[1][0], grad, states[1][1], states[1][2], step, 0.01, 0.9, 0.99, 1e-15, l2, skip)
+    start = [torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(3)]
+    start[2] = start[2].abs()
+    states = [[t.clone() for t in start] + [torch.zeros(1000, dtype=torch.int32)] for _ in range(2)]
+    for step in (1, 2, 3):
+        grad = torch.randn(1000, generator=g, dtype=torch.float64)
+        grad[step::3] = 0  # different rows untouched each step: per-entry step counts diverge
+        for fn, (p, m, v, n) in zip((reference_adam.adam_step_, cpu_adam.adam_step_), states):
+            fn(p, grad, m, v, step, 0.01, 0.9, 0.99, 1e-15, l2, n if sparse else None)
     for a, b in zip(*states):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert not torch.equal(states[0][0], tensors[0])
+    assert not torch.equal(states[0][0], start[0])
+    if sparse:
+        assert set(states[0][3].tolist()) == {2, 3}  # row 0 is never zeroed
 
 
 def test_first_adam_step_moves_each_weight_by_lr():

@@ -22,8 +22,9 @@ ACTIVATIONS = {
     "Exponential": lambda: _Lambda(torch.exp),
     "Sine": lambda: _Lambda(torch.sin),
     "Sigmoid": nn.Sigmoid,
-    "Squareplus": lambda: _Lambda(lambda x: 0.5 * (x + torch.sqrt(x * x + 4.0))),
-    "Softplus": nn.Softplus,
+    # tiny-cuda-nn's sharpened versions: X = 10 x, f(X) / 10
+    "Squareplus": lambda: _Lambda(lambda x: 0.05 * (10.0 * x + torch.sqrt(100.0 * x * x + 4.0))),
+    "Softplus": lambda: nn.Softplus(beta=10.0),
     "Tanh": nn.Tanh,
 }
 

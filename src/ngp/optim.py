@@ -24,7 +24,9 @@ from ngp.ops.backend import requested_backend
 
 ADAM_DEFAULTS = {
     "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6,
-    "relative_decay": 0.0, "absolute_decay": 0.0, "adabound": False,
+    "non_matrix_learning_rate_factor": 1.0, "optimize_matrix_params": True, "optimize_non_matrix_params": True,
+    # accepted for tiny-cuda-nn compatibility, only at their neutral values:
+    "relative_decay": 0.0, "absolute_decay": 0.0, "clipping_magnitude": 0.0, "adabound": False,
 }
 DECAY_DEFAULTS = {"decay_start": 0, "decay_interval": 10000, "decay_base": 0.33, "decay_end": 10**12}
 OPTIMIZER_OTYPES = ("Adam", "ExponentialDecay", "Ema")
@@ -37,6 +39,9 @@ class AdamSettings:
     beta2: float = 0.99
     epsilon: float = 1e-15
     l2_reg: float = 1e-6
+    encoding_learning_rate_factor: float = 1.0  # tcnn's non_matrix_learning_rate_factor
+    optimize_network: bool = True  # tcnn's optimize_matrix_params
+    optimize_encoding: bool = True  # tcnn's optimize_non_matrix_params
 
 
 @dataclass
@@ -90,7 +95,7 @@ def parse_optimizer_config(config: Mapping[str, Any] | None) -> OptimizerSetting
 def _parse_adam(config: Mapping[str, Any]) -> AdamSettings:
     what = "optimizer 'Adam'"
     c = with_defaults(config, ADAM_DEFAULTS, what)
-    for key in ("relative_decay", "absolute_decay"):
+    for key in ("relative_decay", "absolute_decay", "clipping_magnitude"):
         if c[key]:
             raise ConfigError(f"{what}: {key}={c[key]} is not supported (only 0)")
     if c["adabound"]:
@@ -101,6 +106,10 @@ def _parse_adam(config: Mapping[str, Any]) -> AdamSettings:
         beta2=require_float(c["beta2"], "beta2", what, 0.0, 1.0),
         epsilon=require_float(c["epsilon"], "epsilon", what, 0.0),
         l2_reg=require_float(c["l2_reg"], "l2_reg", what, 0.0),
+        encoding_learning_rate_factor=require_float(
+            c["non_matrix_learning_rate_factor"], "non_matrix_learning_rate_factor", what, 0.0),
+        optimize_network=bool(c["optimize_matrix_params"]),
+        optimize_encoding=bool(c["optimize_non_matrix_params"]),
     )
 
 
@@ -114,12 +123,13 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 class Adam(torch.optim.Optimizer):
     """Adam as tiny-cuda-nn runs it (see :mod:`ngp.kernels.reference.adam`).
 
-    Param groups carry ``l2_reg`` and ``skip_zero_grads``; :func:`build_optimizer` makes one group
-    for encodings (no L2, zero-gradient entries untouched) and one for networks (L2).
+    Param groups carry ``l2_reg``, ``skip_zero_grads`` and ``lr_factor``; :func:`build_optimizer`
+    makes one group for encodings (no L2; zero-gradient entries untouched, each entry with its own
+    step count) and one for networks (L2).
     """
 
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.99), eps=1e-15, l2_reg=0.0, skip_zero_grads=False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, l2_reg=l2_reg, skip_zero_grads=skip_zero_grads)
+        defaults = dict(lr=lr, betas=betas, eps=eps, l2_reg=l2_reg, skip_zero_grads=skip_zero_grads, lr_factor=1.0)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -134,12 +144,15 @@ class Adam(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
+                    if group["skip_zero_grads"]:
+                        state["param_steps"] = torch.zeros_like(p, dtype=torch.int32)
                 state["step"] += 1
-                use_kernel = requested_backend() != "reference" and cpu_adam.supports(p) and p.grad.is_contiguous()
+                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                use_kernel = requested_backend() != "reference" and cpu_adam.supports(*tensors)
                 step_fn = cpu_adam.adam_step_ if use_kernel else reference_adam.adam_step_
                 step_fn(
-                    p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], group["lr"],
-                    beta1, beta2, group["eps"], group["l2_reg"], group["skip_zero_grads"],
+                    *tensors, state["step"], group["lr"] * group["lr_factor"],
+                    beta1, beta2, group["eps"], group["l2_reg"], state.get("param_steps"),
                 )
 
 
@@ -185,11 +198,14 @@ class Optimizer:
         self.settings = settings
         encoding_params, network_params = split_parameters(model)
         a = settings.adam
-        groups = [
-            {"params": encoding_params, "l2_reg": 0.0, "skip_zero_grads": True},
-            {"params": network_params, "l2_reg": a.l2_reg, "skip_zero_grads": False},
-        ]
-        groups = [g for g in groups if g["params"]]
+        groups = []
+        if a.optimize_encoding and encoding_params:
+            groups.append({"params": encoding_params, "l2_reg": 0.0, "skip_zero_grads": True,
+                           "lr_factor": a.encoding_learning_rate_factor})
+        if a.optimize_network and network_params:
+            groups.append({"params": network_params, "l2_reg": a.l2_reg, "skip_zero_grads": False})
+        if not groups:
+            raise ConfigError("optimizer: nothing to optimise (no parameters, or both optimize_* flags false)")
         self.adam = Adam(groups, lr=a.learning_rate, betas=(a.beta1, a.beta2), eps=a.epsilon)
         params = encoding_params + network_params
         self.ema = ExponentialMovingAverage(params, settings.ema_decay) if settings.ema_decay else None

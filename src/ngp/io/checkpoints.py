@@ -57,11 +57,12 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
 
 def flatten_optimizer_state(state: Mapping[str, Any], prefix: str = "optimizer.") -> tuple[dict[str, torch.Tensor], dict]:
     """Split an :class:`ngp.optim.Optimizer` state dict into tensors (for safetensors) and JSON."""
-    tensors, meta = {}, {"n_steps": state["n_steps"], "adam_steps": {}}
-    for index, s in state["adam"]["state"].items():
-        tensors[f"{prefix}exp_avg.{index}"] = s["exp_avg"]
-        tensors[f"{prefix}exp_avg_sq.{index}"] = s["exp_avg_sq"]
-        meta["adam_steps"][str(index)] = int(s["step"])
+    tensors, meta = {}, {"n_steps": state["n_steps"], "adam_state": {}}
+    for index, entry in state["adam"]["state"].items():
+        meta["adam_state"][str(index)] = {k: v for k, v in entry.items() if not isinstance(v, torch.Tensor)}
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{key}.{index}"] = value
     if "ema" in state:
         for i, avg in enumerate(state["ema"]["averages"]):
             tensors[f"{prefix}ema.{i}"] = avg
@@ -72,15 +73,13 @@ def flatten_optimizer_state(state: Mapping[str, Any], prefix: str = "optimizer."
 def restore_optimizer(optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], prefix="optimizer.") -> None:
     """Inverse of :func:`flatten_optimizer_state`, into an already-built optimizer."""
     state = optimizer.state_dict()
-    adam = state["adam"]
-    adam["state"] = {
-        int(i): {
-            "step": int(step),
-            "exp_avg": tensors[f"{prefix}exp_avg.{i}"],
-            "exp_avg_sq": tensors[f"{prefix}exp_avg_sq.{i}"],
-        }
-        for i, step in meta["adam_steps"].items()
-    }
+    adam_state = {}
+    for index, scalars in meta["adam_state"].items():
+        suffix = f".{index}"
+        entry = {k[len(prefix):-len(suffix)]: v for k, v in tensors.items() if k.startswith(prefix) and k.endswith(suffix)
+                 and not k.startswith(f"{prefix}ema.")}
+        adam_state[int(index)] = {**scalars, **entry}
+    state["adam"]["state"] = adam_state
     state["n_steps"] = meta["n_steps"]
     if "ema_updates" in meta:
         n = len([k for k in tensors if k.startswith(f"{prefix}ema.")])

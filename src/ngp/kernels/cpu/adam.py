@@ -14,12 +14,9 @@ import torch
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def _adam_kernel(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, l2_reg, skip_zero_grads):
+def _adam_dense(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, l2_reg):
     for i in nb.prange(param.shape[0]):
-        g = grad[i]
-        if skip_zero_grads and g == 0.0:
-            continue
-        g += l2_reg * param[i]
+        g = grad[i] + l2_reg * param[i]
         m = beta1 * exp_avg[i] + (1.0 - beta1) * g
         v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
         exp_avg[i] = m
@@ -27,12 +24,33 @@ def _adam_kernel(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps,
         param[i] -= step_size * m / (math.sqrt(v) + eps)
 
 
-def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2_reg, skip_zero_grads) -> None:
+@nb.njit(parallel=True, fastmath=True, cache=True)
+def _adam_sparse(param, grad, exp_avg, exp_avg_sq, param_steps, lr, beta1, beta2, eps, l2_reg):
+    for i in nb.prange(param.shape[0]):
+        g = grad[i]
+        if g == 0.0:  # untouched table entry: no update, no moment decay, no step (tiny-cuda-nn)
+            continue
+        g += l2_reg * param[i]
+        m = beta1 * exp_avg[i] + (1.0 - beta1) * g
+        v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        step = param_steps[i] + 1
+        param_steps[i] = step
+        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        param[i] -= step_size * m / (math.sqrt(v) + eps)
+
+
+def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2_reg, param_steps=None) -> None:
     """Same contract as :func:`ngp.kernels.reference.adam.adam_step_`; CPU, contiguous tensors."""
-    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     views = [t.detach().view(-1).numpy() for t in (param, grad, exp_avg, exp_avg_sq)]
-    _adam_kernel(*views, np.float64(step_size), beta1, beta2, eps, l2_reg, skip_zero_grads)
+    if param_steps is None:
+        step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        _adam_dense(*views, np.float64(step_size), beta1, beta2, eps, l2_reg)
+    else:
+        _adam_sparse(*views, param_steps.view(-1).numpy(), np.float64(lr), beta1, beta2, eps, l2_reg)
 
 
-def supports(param: torch.Tensor) -> bool:
-    return param.device.type == "cpu" and param.dtype in (torch.float32, torch.float64) and param.is_contiguous()
+def supports(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and t.is_contiguous()
+               for t in tensors)
