@@ -1,15 +1,195 @@
-"""The hash-grid encoding as a differentiable op (placeholder: reference only, kernels to come)."""
+"""The multiresolution hash encoding as a differentiable op.
+
+``hash_grid_encode(x, table, layout)`` is differentiable w.r.t. ``table`` and ``x``. Where it runs is
+chosen per call by :func:`ngp.ops.backend.backend_for`:
+
+* ``reference``: the plain-PyTorch definition (:mod:`ngp.kernels.reference.hashgrid`), called directly,
+  so autograd differentiates it to any order;
+* ``numba`` / ``triton``: compiled kernels behind the custom ops ``ngp::hash_grid_encode`` and
+  ``ngp::hash_grid_encode_backward`` (``torch.library.custom_op``, with fake implementations so that
+  ``torch.compile`` can trace them). These are differentiable once; asking for a second derivative
+  raises ``NotImplementedError`` (use ``NGP_BACKEND=reference`` for that).
+
+A kernel family is a module in :data:`KERNELS` that exposes two functions::
+
+    forward(x, table, layout, interpolation) -> Tensor
+        x [N, d], table [n_rows, F] (same device and float dtype), layout: GridLayout,
+        interpolation: int (INTERPOLATIONS[name]) -> features [N, L*F] in table.dtype.
+    backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
+        grad_out [N, L*F] -> (grad_table [n_rows, F] or None, grad_x [N, d] or None),
+        each None unless asked for.
+
+Both receive contiguous tensors with N > 0, already validated here. Adding a family is one entry.
+"""
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 import torch
 
 from ngp.kernels.reference import hashgrid as reference
-from ngp.kernels.reference.hashgrid import GridLayout
+from ngp.kernels.reference.hashgrid import INTERPOLATIONS, GridLayout
+from ngp.ops.backend import backend_for
+
+#: Kernel families by backend name: module path, imported on first use.
+KERNELS = {
+    "numba": "ngp.kernels.cpu.hashgrid",
+    "triton": "ngp.kernels.triton.hashgrid",
+}
+
+_DOUBLE_BACKWARD = (
+    "second derivatives of the hash-grid encoding are not implemented by the compiled kernels; "
+    "set NGP_BACKEND=reference to differentiate it twice (slow, plain PyTorch)"
+)
+
+
+def _kernels(name: str) -> ModuleType:
+    if name not in KERNELS:
+        raise ValueError(f"no hash-grid kernels for backend {name!r}; known: {sorted(KERNELS)}")
+    return importlib.import_module(KERNELS[name])
+
+
+def _kernels_for(x: torch.Tensor) -> ModuleType:
+    name = backend_for(x.device)
+    if name == "numba" and x.device.type != "cpu":
+        raise ValueError(f"the Numba kernels need CPU tensors, got {x.device}; use NGP_BACKEND=auto or triton")
+    return _kernels(name)
+
+
+def _layout(x: torch.Tensor, table: torch.Tensor, resolutions, offsets, hashed) -> GridLayout:
+    """Rebuild the (hashable, cached-by-kernels) layout from the op's plain-list arguments."""
+    return GridLayout(x.shape[1], table.shape[1], tuple(resolutions), tuple(offsets), tuple(bool(h) for h in hashed))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ngp::hash_grid_encode", mutates_args=())
+def _encode_op(
+    x: torch.Tensor,
+    table: torch.Tensor,
+    resolutions: list[int],
+    offsets: list[int],
+    hashed: list[bool],
+    interpolation: int,
+) -> torch.Tensor:
+    layout = _layout(x, table, resolutions, offsets, hashed)
+    return _kernels_for(x).forward(x.contiguous(), table.contiguous(), layout, interpolation)
+
+
+@_encode_op.register_fake
+def _(x, table, resolutions, offsets, hashed, interpolation):
+    return table.new_empty(x.shape[0], len(resolutions) * table.shape[1])
+
+
+@torch.library.custom_op("ngp::hash_grid_encode_backward", mutates_args=())
+def _encode_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    table: torch.Tensor,
+    resolutions: list[int],
+    offsets: list[int],
+    hashed: list[bool],
+    interpolation: int,
+    needs_table_grad: bool,
+    needs_x_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    layout = _layout(x, table, resolutions, offsets, hashed)
+    grad_table, grad_x = _kernels_for(x).backward(
+        grad_out.contiguous(), x.contiguous(), table.contiguous(), layout, interpolation, needs_table_grad, needs_x_grad
+    )
+    # A custom op cannot return None: an empty tensor stands for "not asked for".
+    empty = table.new_empty(0)
+    return (grad_table if grad_table is not None else empty, grad_x if grad_x is not None else empty)
+
+
+@_encode_backward_op.register_fake
+def _(grad_out, x, table, resolutions, offsets, hashed, interpolation, needs_table_grad, needs_x_grad):
+    grad_table = table.new_empty(table.shape if needs_table_grad else (0,))
+    grad_x = x.new_empty(x.shape if needs_x_grad else (0,))
+    return grad_table, grad_x
+
+
+def _setup_context(ctx, inputs, output):
+    x, table, resolutions, offsets, hashed, interpolation = inputs
+    ctx.save_for_backward(x, table)
+    ctx.layout_args = (resolutions, offsets, hashed, interpolation)
+
+
+def _backward(ctx, grad_out):
+    x, table = ctx.saved_tensors
+    needs_x_grad, needs_table_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_table, grad_x = _encode_backward_op(grad_out, x, table, *ctx.layout_args, needs_table_grad, needs_x_grad)
+    return (
+        grad_x if needs_x_grad else None,
+        grad_table if needs_table_grad else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_encode_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, grad_table, grad_x):
+    raise NotImplementedError(_DOUBLE_BACKWARD)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    pass
+
+
+_encode_backward_op.register_autograd(_no_double_backward, setup_context=_setup_backward_context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {sorted(INTERPOLATIONS)}")
+    if x.dim() != 2 or x.shape[1] != layout.n_dims:
+        raise ValueError(f"x must have shape [N, {layout.n_dims}] (the layout's n_dims), got {list(x.shape)}")
+    if table.dim() != 2 or tuple(table.shape) != (layout.n_rows, layout.n_features):
+        raise ValueError(
+            f"table must have shape [{layout.n_rows}, {layout.n_features}] (layout.n_rows, layout.n_features), "
+            f"got {list(table.shape)}"
+        )
+    if not x.is_floating_point() or x.dtype != table.dtype:
+        raise TypeError(f"x and table must have the same floating dtype, got x: {x.dtype}, table: {table.dtype}")
+    if x.device != table.device:
+        raise ValueError(f"x and table must be on the same device, got x: {x.device}, table: {table.device}")
 
 
 def hash_grid_encode(
     x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: str = "Linear"
 ) -> torch.Tensor:
-    """``[N, d]`` points in ``[0, 1]^d`` -> ``[N, L*F]`` features; see the reference for the definition."""
-    return reference.hash_grid_encode(x, table, layout, interpolation)
+    """Encode points with a multiresolution hash grid; differentiable w.r.t. ``table`` and ``x``.
+
+    Args:
+        x: ``[N, d]`` coordinates, ``d == layout.n_dims``; clamped to ``[0, 1]`` (zero gradient outside).
+        table: ``[layout.n_rows, layout.n_features]`` parameters, same dtype and device as ``x``.
+        layout: the grid's geometry (:class:`ngp.kernels.reference.hashgrid.GridLayout`).
+        interpolation: ``"Linear"``, ``"Smoothstep"`` or ``"Nearest"``.
+
+    Returns:
+        ``[N, L * F]`` features, level by level; the definition is
+        :func:`ngp.kernels.reference.hashgrid.hash_grid_encode`.
+    """
+    _validate(x, table, layout, interpolation)
+    if backend_for(x.device) == "reference":
+        return reference.hash_grid_encode(x, table, layout, interpolation)
+    if x.shape[0] == 0:
+        # Nothing to encode: an empty result still connected to x and table (their gradients are zero).
+        return table.new_zeros(0, layout.n_output_dims) + 0 * (x.sum() + table.sum())
+    return _encode_op(
+        x, table, list(layout.resolutions), list(layout.offsets), list(layout.hashed), INTERPOLATIONS[interpolation]
+    )

@@ -1,0 +1,100 @@
+"""Rendering a fitted image model at any resolution, in chunks so large renders fit in memory.
+
+Render evaluates the model at pixel centres ``((j + 0.5)/W, (i + 0.5)/H)`` of the requested size, so
+rendering at the training size reproduces ``reconstruction.png`` and other sizes resample the same
+continuous image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ngp.image.data import pixel_centres
+from ngp.image.model import build_image_model
+from ngp.io.checkpoints import load_checkpoint
+from ngp.io.files import check_writable_file
+from ngp.io.images import READ_EXTENSIONS, linear_to_srgb, srgb_to_linear, supported_formats, write_image
+
+#: Pixels evaluated per chunk.
+RENDER_CHUNK = 1 << 18
+#: Largest render side; beyond this a typo (an extra zero) is more likely than intent.
+MAX_SIDE = 1 << 17
+
+
+def load_image_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by ``ngp image fit`` -> ``(model in eval mode, checkpoint config)``."""
+    tensors, config = load_checkpoint(checkpoint)
+    if config.get("primitive") != "image" or "model" not in config or "image" not in config:
+        raise ValueError(f"{checkpoint} is not an image checkpoint (written by `ngp image fit`)")
+    spec = config["model"]
+    model = build_image_model(spec, int(spec["n_output_dims"]))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {checkpoint} does not match its config: {error}") from None
+    return model.eval(), config
+
+
+def render_image(
+    checkpoint: str | Path | tuple[torch.nn.Module, dict[str, Any]],
+    width: int,
+    height: int,
+    display: bool = False,
+    chunk: int = RENDER_CHUNK,
+) -> np.ndarray:
+    """Evaluate a fitted image model at the pixel centres of a ``width x height`` grid.
+
+    Returns float32 ``[height, width, C]`` raw model values (in the training data's scale: linear for
+    EXR inputs, display-encoded otherwise), or with ``display=True`` uint8 sRGB values clipped to
+    ``[0, 255]`` (what a PNG shows; 4x less memory for big renders).
+
+    Example:
+        >>> image = render_image("runs/astronaut/checkpoint", 1024, 1024, display=True)
+        >>> image.shape, image.dtype
+        ((1024, 1024, 3), dtype('uint8'))
+    """
+    _check_size(width, height)
+    model, config = load_image_model(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
+    linear = bool(config["image"].get("linear", False))
+    channels = model.n_output_dims
+    out = np.empty((height, width, channels), dtype=np.uint8 if display else np.float32)
+    rows_per_chunk = max(1, chunk // width)
+    with torch.inference_mode():
+        for start in range(0, height, rows_per_chunk):
+            stop = min(start + rows_per_chunk, height)
+            values = model(pixel_centres(width, height, start, stop)).float()
+            if display:
+                values = values.clamp(0.0, 1.0)
+                values = (linear_to_srgb(values) if linear else values).mul(255.0).add(0.5).to(torch.uint8)
+            out[start:stop] = values.view(stop - start, width, channels).numpy()
+    return out
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+            raise ValueError(f"render {name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
+
+
+def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | Path) -> Path:
+    """Render and write ``out``: PNG/JPEG as 8-bit sRGB; EXR as linear float (a model fitted to an
+    sRGB image is linearised); TIFF as the raw float32 values. Checks ``out`` before rendering."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in READ_EXTENSIONS:
+        raise ValueError(f"unsupported output format {suffix or '(no extension)'!r} for {out}; supported: {supported_formats()}")
+    _check_size(width, height)
+    check_writable_file(out)
+    loaded = load_image_model(checkpoint)
+    if READ_EXTENSIONS[suffix] in ("PNG", "JPEG"):
+        write_image(out, render_image(loaded, width, height, display=True))
+    else:
+        values = render_image(loaded, width, height)
+        if suffix == ".exr" and not loaded[1]["image"].get("linear", False):
+            values = srgb_to_linear(values).astype(np.float32)
+        write_image(out, values)
+    return out

@@ -1,0 +1,619 @@
+"""Numba kernels of the multiresolution hash encoding (CPU).
+
+The definition lives in :mod:`ngp.kernels.reference.hashgrid`; these kernels compute the same numbers
+(``tests/test_hashgrid_kernels.py`` compares them). Three layers:
+
+* the kernel-family interface of :mod:`ngp.ops.hashgrid` (torch tensors in and out):
+
+  - ``forward(x, table, layout, interpolation) -> [N, L*F]``;
+  - ``backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
+    -> (grad_table or None, grad_x or None)``;
+
+* NumPy entry points writing into arrays the caller allocates (zero-copy views of CPU tensors):
+  ``encode``, ``table_grad``, ``input_grad``;
+* the ``@njit`` kernels.
+
+Design, from measurements on a 2-core Zen 5 (``benchmarks/bench_encoding.py``; ``/work/shared/design.md``):
+
+* **Level-major loops.** Random table reads dominate; visiting all points for one level before the
+  next keeps that level's table (a few MB) in cache.
+* **Level-major buffers.** Kernels write (forward) and read (backward) per-level features as
+  ``[L, N, F]``: contiguous per level, where ``[N, L*F]`` would touch a whole cache line per point and
+  level. One parallel transpose converts (measured +15% forward, +30% input gradients).
+* **Forward and input gradients:** parallel over points within a level (disjoint writes).
+* **Table gradients** (a scatter-add): each thread owns whole levels, dealt by estimated cost
+  (:func:`level_schedule`), so no two threads write one row: no atomics, no private copies of the
+  table (measured 2x faster than splitting points between threads with private per-level buffers).
+  The owner also zeroes its levels' rows, so the gradient buffer needs no separate memset.
+* **2-D and 3-D fast path:** straight-line corner code, the interpolated features accumulated in
+  registers. Helpers return flat tuples of scalars only: nested tuples, or helpers writing into
+  arrays, measured 1.5-2x slower. Hashed levels there must have power-of-two sizes (a mask, not a
+  division), which ``GridLayout.create`` guarantees; anything else takes the generic path.
+* **Generic path** (any ``d`` in 1..4, any hashed size): one corner loop over scalar code for four
+  axes, unused axes neutral. Slower, but the same numbers.
+
+Per-level constants are built once per layout (:func:`constants`): ``meta``, ``int64 [L, 8]`` with
+columns ``RES, OFFSET, SIZE, HASHED, MASK, STRIDE1, STRIDE2, STRIDE3`` (``MASK`` is ``size - 1`` for
+power-of-two sizes, else -1), and ``scales``, the resolutions as floats of the coordinates' dtype so
+that ``x * N_l`` rounds exactly like the reference's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba as nb
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ngp.kernels.reference.hashgrid import INTERPOLATIONS, PRIMES, GridLayout
+
+# Columns of ``meta`` (see ``level_table``).
+RES, OFFSET, SIZE, HASHED, MASK, STRIDE1, STRIDE2, STRIDE3 = range(8)
+
+NEAREST, LINEAR, SMOOTHSTEP = INTERPOLATIONS["Nearest"], INTERPOLATIONS["Linear"], INTERPOLATIONS["Smoothstep"]
+
+_P1, _P2, _P3 = PRIMES[1], PRIMES[2], PRIMES[3]  # PRIMES[0] == 1
+_MASK32 = 0xFFFFFFFF
+
+# error_model="numpy": no ZeroDivisionError checks (and their branches) inside the loops.
+_JIT = dict(fastmath=True, cache=True, error_model="numpy")
+
+
+def level_table(resolutions, offsets, hashed) -> np.ndarray:
+    """Per-level integer constants, ``int64 [L, 8]`` (columns: see the module docstring)."""
+    meta = np.zeros((len(resolutions), 8), dtype=np.int64)
+    for level, res in enumerate(resolutions):
+        size = offsets[level + 1] - offsets[level]
+        mask = size - 1 if size & (size - 1) == 0 else -1
+        meta[level] = (res, offsets[level], size, int(hashed[level]), mask, res + 1, (res + 1) ** 2, (res + 1) ** 3)
+    return meta
+
+
+def level_schedule(meta: np.ndarray, row_bytes: int, n_workers: int) -> np.ndarray:
+    """Deal levels to workers so that each worker's estimated cost is about equal.
+
+    Cost model (measured per level, 3-D paper config): a level whose table fits in a core's L2 cache
+    (about 2 MB; here, the small dense levels) costs about a third of one that does not. Returns
+    ``int64 [n_workers, k]`` level ids, ``-1`` padded; greedy longest-first is within 4/3 of optimal.
+    """
+    cost = np.where(meta[:, SIZE].astype(np.float64) * row_bytes > 2**21, 1.0, 0.35)
+    loads = np.zeros(n_workers)
+    assigned: list[list[int]] = [[] for _ in range(n_workers)]
+    for level in np.argsort(-cost, kind="stable"):
+        worker = int(np.argmin(loads))
+        assigned[worker].append(int(level))
+        loads[worker] += cost[level]
+    schedule = np.full((n_workers, max(len(a) for a in assigned)), -1, dtype=np.int64)
+    for worker, levels in enumerate(assigned):
+        schedule[worker, : len(levels)] = sorted(levels)
+    return schedule
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-point helpers (small: LLVM inlines them into the kernels)
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _axis(v, scale, res, interp):
+    """One coordinate at one level -> (cell, upper weight, d(upper weight)/dv).
+
+    The coordinate is clamped to [0, 1] (derivative 0 strictly outside, like ``torch.clamp``). The
+    cell is clamped again as an integer so that even NaN coordinates cannot index out of bounds.
+    """
+    one = type(scale)(1)  # constants in the coordinates' float type (literals promote to float64)
+    zero = one - one
+    two = one + one
+    inside = v >= zero and v <= one
+    v = min(max(v, zero), one)
+    pos = v * scale
+    cellf = min(np.floor(pos), scale - one)  # x = 1 belongs to the last cell
+    cell = min(max(np.int64(cellf), 0), res - 1)
+    frac = pos - cellf
+    if interp == LINEAR:
+        w, dw = frac, one
+    elif interp == SMOOTHSTEP:
+        w, dw = frac * frac * (two + one - two * frac), (two + two + two) * frac * (one - frac)
+    else:  # NEAREST: a step, no derivative
+        w, dw = (one if frac + frac >= one else zero), zero
+    dw = dw * scale if inside else zero
+    return cell, w, dw
+
+
+@njit(**_JIT)
+def _hash_terms(cell, prime):
+    """Hash terms of the lower and upper vertex along one axis (combined by xor)."""
+    return (cell * prime) & _MASK32, ((cell + 1) * prime) & _MASK32
+
+
+@njit(**_JIT)
+def _rows2(c0, c1, lv):
+    """Absolute table rows of the 4 corners of cell (c0, c1); corner k has bit i set = upper on axis i."""
+    offset = lv[OFFSET]
+    if lv[HASHED]:
+        a0, b0 = c0, c0 + 1  # the first prime is 1
+        a1, b1 = _hash_terms(c1, _P1)
+        m = lv[MASK]
+        return (offset + ((a0 ^ a1) & m), offset + ((b0 ^ a1) & m), offset + ((a0 ^ b1) & m), offset + ((b0 ^ b1) & m))
+    s1 = lv[STRIDE1]
+    r = offset + c0 + c1 * s1
+    return (r, r + 1, r + s1, r + s1 + 1)
+
+
+@njit(**_JIT)
+def _rows3(c0, c1, c2, lv):
+    """Absolute table rows of the 8 corners of cell (c0, c1, c2), same corner order as ``_rows2``."""
+    offset = lv[OFFSET]
+    if lv[HASHED]:
+        a0, b0 = c0, c0 + 1
+        a1, b1 = _hash_terms(c1, _P1)
+        a2, b2 = _hash_terms(c2, _P2)
+        m = lv[MASK]
+        return (
+            offset + ((a0 ^ a1 ^ a2) & m),
+            offset + ((b0 ^ a1 ^ a2) & m),
+            offset + ((a0 ^ b1 ^ a2) & m),
+            offset + ((b0 ^ b1 ^ a2) & m),
+            offset + ((a0 ^ a1 ^ b2) & m),
+            offset + ((b0 ^ a1 ^ b2) & m),
+            offset + ((a0 ^ b1 ^ b2) & m),
+            offset + ((b0 ^ b1 ^ b2) & m),
+        )
+    s1, s2 = lv[STRIDE1], lv[STRIDE2]
+    r = offset + c0 + c1 * s1 + c2 * s2
+    return (r, r + 1, r + s1, r + s1 + 1, r + s2, r + s2 + 1, r + s1 + s2, r + s1 + s2 + 1)
+
+
+@njit(**_JIT)
+def _weights2(w0, w1):
+    one = type(w0)(1)
+    v0, v1 = one - w0, one - w1
+    return (v0 * v1, w0 * v1, v0 * w1, w0 * w1)
+
+
+@njit(**_JIT)
+def _weights3(w0, w1, w2):
+    one = type(w0)(1)
+    v0, v1, v2 = one - w0, one - w1, one - w2
+    q00, q10, q01, q11 = v1 * v2, w1 * v2, v1 * w2, w1 * w2
+    return (v0 * q00, w0 * q00, v0 * q10, w0 * q10, v0 * q01, w0 * q01, v0 * q11, w0 * q11)
+
+
+@njit(**_JIT)
+def _gather(table, rows, weights, f):
+    """Interpolated feature ``f``: sum over corners (the tuple loop is unrolled by LLVM)."""
+    acc = weights[0] * table[rows[0], f]
+    for k in range(1, len(rows)):
+        acc += weights[k] * table[rows[k], f]
+    return acc
+
+
+@njit(**_JIT)
+def _dots4(table, r, g, n):
+    """<table row, g[n]> of each of the 4 corners."""
+    if g.shape[1] == 2:  # the common case, without the loop
+        g0, g1 = g[n, 0], g[n, 1]
+        return (
+            table[r[0], 0] * g0 + table[r[0], 1] * g1,
+            table[r[1], 0] * g0 + table[r[1], 1] * g1,
+            table[r[2], 0] * g0 + table[r[2], 1] * g1,
+            table[r[3], 0] * g0 + table[r[3], 1] * g1,
+        )
+    d0 = d1 = d2 = d3 = type(g[n, 0])(0)
+    for f in range(g.shape[1]):
+        go = g[n, f]
+        d0 += table[r[0], f] * go
+        d1 += table[r[1], f] * go
+        d2 += table[r[2], f] * go
+        d3 += table[r[3], f] * go
+    return d0, d1, d2, d3
+
+
+@njit(**_JIT)
+def _dots8(table, r, g, n):
+    """<table row, g[n]> of each of the 8 corners."""
+    if g.shape[1] == 2:
+        g0, g1 = g[n, 0], g[n, 1]
+        return (
+            table[r[0], 0] * g0 + table[r[0], 1] * g1,
+            table[r[1], 0] * g0 + table[r[1], 1] * g1,
+            table[r[2], 0] * g0 + table[r[2], 1] * g1,
+            table[r[3], 0] * g0 + table[r[3], 1] * g1,
+            table[r[4], 0] * g0 + table[r[4], 1] * g1,
+            table[r[5], 0] * g0 + table[r[5], 1] * g1,
+            table[r[6], 0] * g0 + table[r[6], 1] * g1,
+            table[r[7], 0] * g0 + table[r[7], 1] * g1,
+        )
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = type(g[n, 0])(0)
+    for f in range(g.shape[1]):
+        go = g[n, f]
+        d0 += table[r[0], f] * go
+        d1 += table[r[1], f] * go
+        d2 += table[r[2], f] * go
+        d3 += table[r[3], f] * go
+        d4 += table[r[4], f] * go
+        d5 += table[r[5], f] * go
+        d6 += table[r[6], f] * go
+        d7 += table[r[7], f] * go
+    return d0, d1, d2, d3, d4, d5, d6, d7
+
+
+@njit(**_JIT)
+def _zero_level(grad_table, lv):
+    """Zero one level's rows (by the thread that owns the level: in parallel, and leaves them in cache)."""
+    for row in range(lv[OFFSET], lv[OFFSET] + lv[SIZE]):
+        for f in range(grad_table.shape[1]):
+            grad_table[row, f] = 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2-D and 3-D kernels. ``feats``/``grads`` are level-major [L, N, F]. The kernels repeat a few lines
+# rather than share helpers returning nested tuples (measured slower, see the module docstring).
+# ``lv`` is a private copy of the level's constants: the kernels' stores cannot alias it, so LLVM
+# keeps them in registers (measured +10% on the table gradient). F == 2 gets its own unrolled
+# branch (+40% on the table gradient, +15% on input gradients).
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, **_JIT)
+def _forward_2d(x, table, meta, scales, interp, feats):
+    n_features = table.shape[1]
+    for level in range(meta.shape[0]):  # level-major: this level's table stays in cache
+        lv, scale, res, out = meta[level].copy(), scales[level], meta[level, RES], feats[level]
+        for n in prange(x.shape[0]):
+            c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+            c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+            rows, weights = _rows2(c0, c1, lv), _weights2(w0, w1)
+            if n_features == 2:  # the common case, with a constant trip count
+                out[n, 0] = _gather(table, rows, weights, 0)
+                out[n, 1] = _gather(table, rows, weights, 1)
+            else:
+                for f in range(n_features):
+                    out[n, f] = _gather(table, rows, weights, f)
+
+
+@njit(parallel=True, **_JIT)
+def _forward_3d(x, table, meta, scales, interp, feats):
+    n_features = table.shape[1]
+    for level in range(meta.shape[0]):
+        lv, scale, res, out = meta[level].copy(), scales[level], meta[level, RES], feats[level]
+        for n in prange(x.shape[0]):
+            c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+            c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+            c2, w2, _ = _axis(x[n, 2], scale, res, interp)
+            rows, weights = _rows3(c0, c1, c2, lv), _weights3(w0, w1, w2)
+            if n_features == 2:
+                out[n, 0] = _gather(table, rows, weights, 0)
+                out[n, 1] = _gather(table, rows, weights, 1)
+            else:
+                for f in range(n_features):
+                    out[n, f] = _gather(table, rows, weights, f)
+
+
+@njit(parallel=True, **_JIT)
+def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table):
+    for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
+        for level in schedule[worker]:
+            if level < 0:
+                continue
+            lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
+            _zero_level(grad_table, lv)
+            for n in range(x.shape[0]):
+                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+                r, w = _rows2(c0, c1, lv), _weights2(w0, w1)
+                if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
+                    g0, g1 = g[n, 0], g[n, 1]
+                    for k in range(4):
+                        grad_table[r[k], 0] += w[k] * g0
+                        grad_table[r[k], 1] += w[k] * g1
+                else:
+                    for f in range(g.shape[1]):
+                        for k in range(4):
+                            grad_table[r[k], f] += w[k] * g[n, f]
+
+
+@njit(parallel=True, **_JIT)
+def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table):
+    for worker in prange(schedule.shape[0]):
+        for level in schedule[worker]:
+            if level < 0:
+                continue
+            lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
+            _zero_level(grad_table, lv)
+            for n in range(x.shape[0]):
+                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+                c2, w2, _ = _axis(x[n, 2], scale, res, interp)
+                r, w = _rows3(c0, c1, c2, lv), _weights3(w0, w1, w2)
+                if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
+                    g0, g1 = g[n, 0], g[n, 1]
+                    for k in range(8):
+                        grad_table[r[k], 0] += w[k] * g0
+                        grad_table[r[k], 1] += w[k] * g1
+                else:
+                    for f in range(g.shape[1]):
+                        for k in range(8):
+                            grad_table[r[k], f] += w[k] * g[n, f]
+
+
+@njit(parallel=True, **_JIT)
+def _backward_x_2d(x, table, grads, meta, scales, interp, grad_x):
+    grad_x[:] = 0
+    for level in range(meta.shape[0]):
+        lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
+        for n in prange(x.shape[0]):
+            c0, w0, g0 = _axis(x[n, 0], scale, res, interp)
+            c1, w1, g1 = _axis(x[n, 1], scale, res, interp)
+            d0, d1, d2, d3 = _dots4(table, _rows2(c0, c1, lv), g, n)
+            one = type(scale)(1)
+            # d/dx_i: the difference along axis i, weighted by the other axis' factors
+            grad_x[n, 0] += g0 * ((one - w1) * (d1 - d0) + w1 * (d3 - d2))
+            grad_x[n, 1] += g1 * ((one - w0) * (d2 - d0) + w0 * (d3 - d1))
+
+
+@njit(parallel=True, **_JIT)
+def _backward_x_3d(x, table, grads, meta, scales, interp, grad_x):
+    grad_x[:] = 0
+    for level in range(meta.shape[0]):
+        lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
+        for n in prange(x.shape[0]):
+            c0, w0, g0 = _axis(x[n, 0], scale, res, interp)
+            c1, w1, g1 = _axis(x[n, 1], scale, res, interp)
+            c2, w2, g2 = _axis(x[n, 2], scale, res, interp)
+            d0, d1, d2, d3, d4, d5, d6, d7 = _dots8(table, _rows3(c0, c1, c2, lv), g, n)
+            one = type(scale)(1)
+            v0, v1, v2 = one - w0, one - w1, one - w2
+            # d/dx_i: the differences along axis i, weighted by the other two axes' factors
+            grad_x[n, 0] += g0 * (v1 * v2 * (d1 - d0) + w1 * v2 * (d3 - d2) + v1 * w2 * (d5 - d4) + w1 * w2 * (d7 - d6))
+            grad_x[n, 1] += g1 * (v0 * v2 * (d2 - d0) + w0 * v2 * (d3 - d1) + v0 * w2 * (d6 - d4) + w0 * w2 * (d7 - d5))
+            grad_x[n, 2] += g2 * (v0 * v1 * (d4 - d0) + w0 * v1 * (d5 - d1) + v0 * w1 * (d6 - d2) + w0 * w1 * (d7 - d3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generic path, any d in 1..4: a corner loop over scalar code for 4 axes (unused axes are neutral)
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(**_JIT)
+def _point_level(x, n, d, scale, lv, interp):
+    """Index terms (lower, upper) and (w, dw/dx) of every axis for point ``n`` at one level.
+
+    Axes ``i >= d`` get cell 0, weight 0 and zero index terms, so they change neither rows nor weights.
+    """
+    zero = type(scale)(0)
+    res, hashed = lv[RES], lv[HASHED]
+    c0, w0, g0 = _axis(x[n, 0], scale, res, interp)
+    c1, w1, g1 = _axis(x[n, 1], scale, res, interp) if d > 1 else (0, zero, zero)
+    c2, w2, g2 = _axis(x[n, 2], scale, res, interp) if d > 2 else (0, zero, zero)
+    c3, w3, g3 = _axis(x[n, 3], scale, res, interp) if d > 3 else (0, zero, zero)
+    if hashed:
+        t0, u0 = c0, c0 + 1
+        t1, u1 = _hash_terms(c1, _P1)
+        t2, u2 = _hash_terms(c2, _P2)
+        t3, u3 = _hash_terms(c3, _P3)
+    else:
+        t0, u0 = c0, c0 + 1
+        t1, u1 = c1 * lv[STRIDE1], (c1 + 1) * lv[STRIDE1]
+        t2, u2 = c2 * lv[STRIDE2], (c2 + 1) * lv[STRIDE2]
+        t3, u3 = c3 * lv[STRIDE3], (c3 + 1) * lv[STRIDE3]
+    return (t0, t1, t2, t3), (u0, u1, u2, u3), (w0, w1, w2, w3), (g0, g1, g2, g3)
+
+
+@njit(**_JIT)
+def _row(corner, t, u, lv):
+    """Absolute table row of one corner: bit ``i`` of ``corner`` picks axis ``i``'s upper vertex."""
+    a0 = u[0] if corner & 1 else t[0]
+    a1 = u[1] if corner & 2 else t[1]
+    a2 = u[2] if corner & 4 else t[2]
+    a3 = u[3] if corner & 8 else t[3]
+    if lv[HASHED]:
+        h = a0 ^ a1 ^ a2 ^ a3
+        return lv[OFFSET] + (h & lv[MASK] if lv[MASK] >= 0 else h % lv[SIZE])
+    return lv[OFFSET] + a0 + a1 + a2 + a3
+
+
+@njit(**_JIT)
+def _factors(corner, w):
+    """Per-axis interpolation factors of one corner: ``w`` (upper vertex) or ``1 - w`` (lower)."""
+    one = type(w[0])(1)
+    return (
+        w[0] if corner & 1 else one - w[0],
+        w[1] if corner & 2 else one - w[1],
+        w[2] if corner & 4 else one - w[2],
+        w[3] if corner & 8 else one - w[3],
+    )
+
+
+@njit(parallel=True, **_JIT)
+def _forward_nd(x, table, meta, scales, interp, feats, d):
+    for level in range(meta.shape[0]):
+        lv, scale, out = meta[level], scales[level], feats[level]
+        for n in prange(x.shape[0]):
+            t, u, w, _ = _point_level(x, n, d, scale, lv, interp)
+            for f in range(table.shape[1]):
+                out[n, f] = 0
+            for corner in range(1 << d):
+                row = _row(corner, t, u, lv)
+                f0, f1, f2, f3 = _factors(corner, w)
+                for f in range(table.shape[1]):
+                    out[n, f] += f0 * f1 * f2 * f3 * table[row, f]
+
+
+@njit(parallel=True, **_JIT)
+def _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, d):
+    for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
+        for level in schedule[worker]:
+            if level < 0:
+                continue
+            lv, scale, g = meta[level], scales[level], grads[level]
+            _zero_level(grad_table, lv)
+            for n in range(x.shape[0]):
+                t, u, w, _ = _point_level(x, n, d, scale, lv, interp)
+                for corner in range(1 << d):
+                    row = _row(corner, t, u, lv)
+                    f0, f1, f2, f3 = _factors(corner, w)
+                    for f in range(g.shape[1]):
+                        grad_table[row, f] += f0 * f1 * f2 * f3 * g[n, f]
+
+
+@njit(parallel=True, **_JIT)
+def _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, d):
+    grad_x[:] = 0
+    for level in range(meta.shape[0]):
+        lv, scale, g = meta[level], scales[level], grads[level]
+        for n in prange(x.shape[0]):
+            t, u, w, dw = _point_level(x, n, d, scale, lv, interp)
+            s0 = s1 = s2 = s3 = type(scale)(0)
+            for corner in range(1 << d):
+                row = _row(corner, t, u, lv)
+                dot = type(scale)(0)
+                for f in range(g.shape[1]):
+                    dot += table[row, f] * g[n, f]
+                f0, f1, f2, f3 = _factors(corner, w)
+                # d(weight)/d(w_i) = +-(product of the other axes' factors): + for the upper vertex
+                s0 += dot * (f1 * f2 * f3 if corner & 1 else -(f1 * f2 * f3))
+                s1 += dot * (f0 * f2 * f3 if corner & 2 else -(f0 * f2 * f3))
+                s2 += dot * (f0 * f1 * f3 if corner & 4 else -(f0 * f1 * f3))
+                s3 += dot * (f0 * f1 * f2 if corner & 8 else -(f0 * f1 * f2))
+            grad_x[n, 0] += s0 * dw[0]
+            if d > 1:
+                grad_x[n, 1] += s1 * dw[1]
+            if d > 2:
+                grad_x[n, 2] += s2 * dw[2]
+            if d > 3:
+                grad_x[n, 3] += s3 * dw[3]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout conversions between [N, L*F] (the op's) and level-major [L, N, F] (the kernels')
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, **_JIT)
+def _to_level_major(a, out):
+    n_levels, n_features = out.shape[0], out.shape[2]
+    for n in prange(a.shape[0]):
+        for level in range(n_levels):
+            for f in range(n_features):
+                out[level, n, f] = a[n, level * n_features + f]
+
+
+@njit(parallel=True, **_JIT)
+def _from_level_major(b, out):
+    n_levels, n_features = b.shape[0], b.shape[2]
+    for n in prange(b.shape[1]):
+        for level in range(n_levels):
+            for f in range(n_features):
+                out[n, level * n_features + f] = b[level, n, f]
+
+
+# ----------------------------------------------------------------------------------------------------
+# NumPy entry points (outputs allocated by the caller, overwritten)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fast_dims(x, meta):
+    """2 or 3 when the straight-line kernels apply (they need power-of-two hashed levels), else 0."""
+    pow2 = bool(np.all((meta[:, HASHED] == 0) | (meta[:, MASK] >= 0)))
+    return x.shape[1] if x.shape[1] in (2, 3) and pow2 else 0
+
+
+def encode(x, table, meta, scales, interp, out):
+    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]``."""
+    feats = np.empty((meta.shape[0], x.shape[0], table.shape[1]), dtype=out.dtype)
+    d = _fast_dims(x, meta)
+    if d == 3:
+        _forward_3d(x, table, meta, scales, interp, feats)
+    elif d == 2:
+        _forward_2d(x, table, meta, scales, interp, feats)
+    else:
+        _forward_nd(x, table, meta, scales, interp, feats, x.shape[1])
+    _from_level_major(feats, out)
+
+
+def _level_major_grads(grad_out, meta, n_features):
+    grads = np.empty((meta.shape[0], grad_out.shape[0], n_features), dtype=grad_out.dtype)
+    _to_level_major(grad_out, grads)
+    return grads
+
+
+def table_grad(x, grad_out, meta, scales, interp, grad_table, grads=None):
+    """d(loss)/d(table) into ``grad_table [rows, F]`` given ``grad_out [N, L*F]`` (or its level-major
+    copy ``grads [L, N, F]``)."""
+    if grads is None:
+        grads = _level_major_grads(grad_out, meta, grad_table.shape[1])
+    schedule = level_schedule(meta, grad_table.shape[1] * grad_table.itemsize, nb.get_num_threads())
+    d = _fast_dims(x, meta)
+    if d == 3:
+        _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table)
+    elif d == 2:
+        _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table)
+    else:
+        _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, x.shape[1])
+
+
+def input_grad(x, table, grad_out, meta, scales, interp, grad_x, grads=None):
+    """d(loss)/d(x) into ``grad_x [N, d]`` given ``grad_out [N, L*F]`` (or ``grads [L, N, F]``)."""
+    if grads is None:
+        grads = _level_major_grads(grad_out, meta, table.shape[1])
+    d = _fast_dims(x, meta)
+    if d == 3:
+        _backward_x_3d(x, table, grads, meta, scales, interp, grad_x)
+    elif d == 2:
+        _backward_x_2d(x, table, grads, meta, scales, interp, grad_x)
+    else:
+        _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, x.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernel-family interface (torch tensors), used by ngp.ops.hashgrid
+# ----------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def constants(layout: GridLayout, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(meta, scales)`` of a layout, built once: per-level integers and float resolutions."""
+    return level_table(layout.resolutions, layout.offsets, layout.hashed), np.asarray(layout.resolutions, dtype=dtype)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the Numba hash-grid kernels support float32 and float64 tensors, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"the Numba hash-grid kernels need CPU tensors, got {t.device}")
+    return t.detach().contiguous().numpy()
+
+
+def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int) -> torch.Tensor:
+    """``x [N, d]``, ``table [rows, F]`` (CPU, same float dtype) -> ``[N, L*F]`` features."""
+    xs, ts = _numpy(x), _numpy(table)
+    meta, scales = constants(layout, xs.dtype)
+    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=table.dtype)
+    encode(xs, ts, meta, scales, interpolation, out.numpy())
+    return out
+
+
+def backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    table: torch.Tensor,
+    layout: GridLayout,
+    interpolation: int,
+    needs_table_grad: bool,
+    needs_x_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the loss w.r.t. ``table`` and ``x`` (each ``None`` unless asked for)."""
+    xs, ts, gs = _numpy(x), _numpy(table), _numpy(grad_out)
+    meta, scales = constants(layout, xs.dtype)
+    grads = _level_major_grads(gs, meta, table.shape[1])
+    grad_table = grad_x = None
+    if needs_table_grad:
+        grad_table = torch.empty(table.shape, dtype=table.dtype)  # zeroed level by level in the kernel
+        table_grad(xs, gs, meta, scales, interpolation, grad_table.numpy(), grads)
+    if needs_x_grad:
+        grad_x = torch.empty(x.shape, dtype=x.dtype)
+        input_grad(xs, ts, gs, meta, scales, interpolation, grad_x.numpy(), grads)
+    return grad_table, grad_x

@@ -1,0 +1,423 @@
+"""Numba kernels of the NeRF ray operations (CPU): occupancy-grid marching and volume compositing.
+
+The definitions live in :mod:`ngp.kernels.reference.nerf`; these kernels compute the same numbers
+(tests compare them). The public functions take and return torch CPU tensors (passed to Numba as
+zero-copy NumPy views) with the signatures documented in :mod:`ngp.ops.nerf`; the ``_``-prefixed
+``@njit`` functions are the loops.
+
+* **Marching**: two passes parallel over rays, as instant-ngp's ``generate_training_samples_nerf``:
+  count the samples of every ray, exclusive scan into ``ray_offsets``, then march again and write each
+  ray's samples into its own slice (no atomics, output sorted by ray). The march runs in float64 and
+  *without* ``fastmath``: skipping decisions compare positions with cell boundaries and step counts
+  with integers, and must agree with the reference bit for bit; the loop is branchy and gains nothing
+  from reassociation anyway.
+* **Compositing**: forward and backward parallel over rays (``fastmath``, float64 accumulators). The
+  backward is one front-to-back sweep per ray: the suffix ``sum_{j>i} w_j g_j`` is ``total - prefix``,
+  with ``total`` taken from the forward outputs (instant-ngp's ``rgb_ray - rgb_ray2`` trick).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+__all__ = ["march_rays", "composite_forward", "composite_backward"]
+
+_EXACT = dict(parallel=True, fastmath=False, cache=True)
+_FAST = dict(parallel=True, fastmath=True, cache=True)
+
+# ----------------------------------------------------------------------------------------------------
+# Marching
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(fastmath=False, cache=True)
+def _to_stepping(t, cone, min_step, max_step):
+    """Scalar version of ``reference.to_stepping`` (``cone`` from :func:`_cone_tuple`)."""
+    linear, log1p_c, a, b, at, bt, inv_min, inv_max, inv_log1p_c = cone
+    if linear:
+        return t * inv_min
+    if t <= at:
+        return (t - at) * inv_min + a
+    if t <= bt:
+        return math.log(t) * inv_log1p_c
+    return (t - bt) * inv_max + b
+
+
+@njit(fastmath=False, cache=True)
+def _from_stepping(n, cone, min_step, max_step):
+    """Scalar version of ``reference.from_stepping``."""
+    linear, log1p_c, a, b, at, bt, inv_min, inv_max, inv_log1p_c = cone
+    if linear:
+        return n * min_step
+    if n <= a:
+        return (n - a) * min_step + at
+    if n <= b:
+        return math.exp(n * log1p_c)
+    return (n - b) * max_step + bt
+
+
+@njit(fastmath=False, cache=True)
+def _lookup_mip(rx, ry, rz, dt, dt_scale, n_cascades):
+    """``reference.mip_from_dt`` for one point (``r*`` = (position - center) / base_size,
+    ``dt_scale = 2 * resolution / base_size``)."""
+    if n_cascades == 1:
+        return 0
+    maxval = max(abs(rx), max(abs(ry), abs(rz)))
+    mip = 0
+    if maxval != 0.0:
+        exponent = math.frexp(maxval)[1]
+        mip = min(max(exponent + 1, 0), n_cascades - 1)
+    scaled = dt * dt_scale
+    if scaled >= 1.0:
+        exponent = math.frexp(scaled)[1]
+        mip = min(max(mip, exponent), n_cascades - 1)
+    return mip
+
+
+@njit(fastmath=False, cache=True)
+def _exit_distance(g, d, inv_d, cell):
+    """Distance along one axis to the next cell boundary (``reference.distance_to_cell_exit``)."""
+    if d == 0.0:
+        return np.inf
+    sign = 1.0 if d > 0.0 else -1.0
+    boundary = math.floor(g + 0.5 + 0.5 * sign)
+    return (boundary - g) * cell * inv_d
+
+
+@njit(fastmath=False, cache=True)
+def _dt_mip(dt, dt_scale):
+    """The step-length part of ``mip_from_dt`` (-1 when the step is shorter than half a cell)."""
+    scaled = dt * dt_scale
+    return math.frexp(scaled)[1] if scaled >= 1.0 else -1
+
+
+@njit(fastmath=False, cache=True)
+def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, blocks, block, center, base_size,
+               resolution, min_step, max_step, cone, max_samples, write, base, positions, ts, t_starts, t_ends,
+               ray_indices, run_start, run_count, n_runs):
+    """March ray ``r``; return its sample count.
+
+    ``write``: store the samples from index ``base``. Otherwise record the runs of consecutive samples
+    (``run_start[r, k]`` = stepping coordinate of the first, ``run_count[r, k]`` = length; ``n_runs[r]``
+    = -1 when there are more runs than room) so that the fill pass needs no second march.
+
+    Empty space is skipped cell by cell as instant-ngp does, and additionally block by block
+    (``block^3`` cells, ``blocks`` = their OR) where a whole block is empty. Skipping a block lands on
+    exactly the lattice point the cell-by-cell skips would reach (all lattice points inside the block
+    are in empty cells of the same cascade), so the samples are the same; with cone stepping a block
+    is only skipped when the step length cannot change the cascade before its exit.
+    """
+    n_cascades = occupied.shape[0]
+    n_blocks = resolution // block
+    room = run_start.shape[1]
+    inv_base = 1.0 / base_size  # the reference multiplies by the same reciprocals
+    dt_scale = 2.0 * resolution / base_size
+    cell0 = base_size / resolution
+    ox, oy, oz = np.float64(origins[r, 0]), np.float64(origins[r, 1]), np.float64(origins[r, 2])
+    dx, dy, dz = np.float64(directions[r, 0]), np.float64(directions[r, 1]), np.float64(directions[r, 2])
+    idx = 1.0 / dx if dx != 0.0 else 0.0
+    idy = 1.0 / dy if dy != 0.0 else 0.0
+    idz = 1.0 / dz if dz != 0.0 else 0.0
+    near, far = np.float64(t_near[r]), np.float64(t_far[r])
+    cx, cy, cz = center
+    linear = cone[0]
+    n = _to_stepping(near, cone, min_step, max_step) + first_offsets[r]
+    count = 0
+    runs = 0
+    previous_emitted = False
+    while count < max_samples:
+        t = _from_stepping(n, cone, min_step, max_step)
+        if not t < far:
+            break
+        px, py, pz = ox + t * dx, oy + t * dy, oz + t * dz
+        rx, ry, rz = (px - cx) * inv_base, (py - cy) * inv_base, (pz - cz) * inv_base
+        mip = 0
+        if n_cascades > 1:
+            dt = min_step if linear else (_from_stepping(n + 0.5, cone, min_step, max_step)
+                                          - _from_stepping(n - 0.5, cone, min_step, max_step))
+            mip = _lookup_mip(rx, ry, rz, dt, dt_scale, n_cascades)
+        inv_scale = math.ldexp(1.0, -mip)  # exact: the reference's division by 2**mip
+        gx = (rx * inv_scale + 0.5) * resolution
+        gy = (ry * inv_scale + 0.5) * resolution
+        gz = (rz * inv_scale + 0.5) * resolution
+        ix, iy, iz = math.floor(gx), math.floor(gy), math.floor(gz)
+        inside = 0 <= ix < resolution and 0 <= iy < resolution and 0 <= iz < resolution
+        occ = False
+        if inside:
+            occ = occupied[mip, (int(ix) * resolution + int(iy)) * resolution + int(iz)] != 0
+        if occ:
+            if write:
+                s = base + count
+                positions[s, 0], positions[s, 1], positions[s, 2] = px, py, pz
+                ts[s] = t
+                t_starts[s] = max(_from_stepping(n - 0.5, cone, min_step, max_step), near)
+                t_ends[s] = min(_from_stepping(n + 0.5, cone, min_step, max_step), far)
+                ray_indices[s] = r
+            elif previous_emitted:
+                if runs <= room:
+                    run_count[r, runs - 1] += 1
+            else:
+                if runs < room:
+                    run_start[r, runs] = n
+                    run_count[r, runs] = 1
+                runs += 1
+            previous_emitted = True
+            count += 1
+            n += 1.0
+            continue
+        previous_emitted = False
+        cell = cell0 * math.ldexp(1.0, mip)
+        t_target = -1.0
+        if block > 1:
+            block_empty = True
+            if inside:
+                bx, by, bz = int(ix) // block, int(iy) // block, int(iz) // block
+                block_empty = blocks[mip, (bx * n_blocks + by) * n_blocks + bz] == 0
+            if block_empty:
+                size = cell * block
+                inv_block = 1.0 / block  # a power of two: exact
+                dist = min(_exit_distance(gx * inv_block, dx, idx, size),
+                           min(_exit_distance(gy * inv_block, dy, idy, size),
+                               _exit_distance(gz * inv_block, dz, idz, size)))
+                t_exit = t + max(dist, 0.0)
+                safe = linear or mip == n_cascades - 1
+                if not safe:
+                    n_exit = _to_stepping(t_exit, cone, min_step, max_step)
+                    dt_exit = (_from_stepping(n_exit + 0.5, cone, min_step, max_step)
+                               - _from_stepping(n_exit - 0.5, cone, min_step, max_step))
+                    safe = _dt_mip(dt_exit, dt_scale) <= mip
+                if safe:
+                    t_target = t_exit
+        if t_target < 0.0:
+            dist = min(_exit_distance(gx, dx, idx, cell),
+                       min(_exit_distance(gy, dy, idy, cell), _exit_distance(gz, dz, idz, cell)))
+            t_target = t + max(dist, 0.0)
+        n += math.ceil(max(_to_stepping(t_target, cone, min_step, max_step) - n, 0.5))
+    if not write:
+        n_runs[r] = runs if runs <= room else -1
+    return count
+
+
+@njit(**_EXACT)
+def _march_count(origins, directions, t_near, t_far, first_offsets, occupied, blocks, block, center, base_size,
+                 resolution, min_step, max_step, cone, max_samples, counts, run_start, run_count, n_runs):
+    positions = np.empty((0, 3), origins.dtype)
+    ts = np.empty(0, origins.dtype)
+    ray_indices = np.empty(0, np.int64)
+    for r in prange(origins.shape[0]):
+        counts[r] = _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, blocks, block, center,
+                               base_size, resolution, min_step, max_step, cone, max_samples, False, 0, positions, ts,
+                               ts, ts, ray_indices, run_start, run_count, n_runs)
+
+
+@njit(**_EXACT)
+def _march_fill(origins, directions, t_near, t_far, first_offsets, occupied, blocks, block, center, base_size,
+                resolution, min_step, max_step, cone, max_samples, offsets, run_start, run_count, n_runs, positions,
+                ts, t_starts, t_ends, ray_indices):
+    for r in prange(origins.shape[0]):
+        if n_runs[r] < 0:  # more runs than recorded: march again, writing
+            _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, blocks, block, center,
+                       base_size, resolution, min_step, max_step, cone, max_samples, True, offsets[r], positions, ts,
+                       t_starts, t_ends, ray_indices, run_start, run_count, n_runs)
+            continue
+        ox, oy, oz = np.float64(origins[r, 0]), np.float64(origins[r, 1]), np.float64(origins[r, 2])
+        dx, dy, dz = np.float64(directions[r, 0]), np.float64(directions[r, 1]), np.float64(directions[r, 2])
+        near, far = np.float64(t_near[r]), np.float64(t_far[r])
+        s = offsets[r]
+        for k in range(n_runs[r]):
+            for j in range(run_count[r, k]):
+                n = run_start[r, k] + j  # == the marcher's repeated n += 1 (integer steps round alike)
+                t = _from_stepping(n, cone, min_step, max_step)
+                positions[s, 0], positions[s, 1], positions[s, 2] = ox + t * dx, oy + t * dy, oz + t * dz
+                ts[s] = t
+                t_starts[s] = max(_from_stepping(n - 0.5, cone, min_step, max_step), near)
+                t_ends[s] = min(_from_stepping(n + 0.5, cone, min_step, max_step), far)
+                ray_indices[s] = r
+                s += 1
+
+
+@njit(**_EXACT)
+def _block_occupancy(occupied, resolution, block, out):
+    """``out[c, (bx * nb + by) * nb + bz]`` = any cell of block (bx, by, bz) of cascade c is occupied."""
+    n_blocks = resolution // block
+    for cb in prange(occupied.shape[0] * n_blocks):
+        c, bx = cb // n_blocks, cb % n_blocks
+        for by in range(n_blocks):
+            for bz in range(n_blocks):
+                any_occupied = 0
+                for x in range(bx * block, (bx + 1) * block):
+                    for y in range(by * block, (by + 1) * block):
+                        row = (x * resolution + y) * resolution
+                        for z in range(bz * block, (bz + 1) * block):
+                            any_occupied |= occupied[c, row + z]
+                out[c, (bx * n_blocks + by) * n_blocks + bz] = any_occupied
+
+
+def _block_size(resolution: int, n_cascades: int) -> int:
+    """Largest block (8, 4, 2 cells) that tiles the grid and, with several cascades, also the inner
+    cascade's box (which starts at cell ``resolution / 4``), so that no block straddles two cascades."""
+    for block in (8, 4, 2):
+        if resolution % block == 0 and (n_cascades == 1 or (resolution // 4) % block == 0):
+            return block
+    return 1
+
+
+def _cone_tuple(cone_angle: float, min_step: float, max_step: float):
+    inv_min, inv_max = 1.0 / min_step, 1.0 / max_step
+    if cone_angle <= 1e-5:
+        return (True, 0.0, 0.0, 0.0, 0.0, 0.0, inv_min, inv_max, 0.0)
+    log1p_c = math.log1p(cone_angle)
+    a = (math.log(min_step) - math.log(log1p_c)) / log1p_c
+    b = (math.log(max_step) - math.log(log1p_c)) / log1p_c
+    return (False, log1p_c, a, b, math.exp(a * log1p_c), math.exp(b * log1p_c), inv_min, inv_max, 1.0 / log1p_c)
+
+
+#: Runs of consecutive samples remembered per ray between the two passes (more: the ray is re-marched).
+RUNS_PER_RAY = 8
+
+
+def march_rays(origins, directions, t_near, t_far, first_offsets, occupied, center, base_size, resolution,
+               min_step, max_step, cone_angle, max_samples):
+    """Numba version of :func:`ngp.kernels.reference.nerf.march_rays` (same arguments and results)."""
+    dtype = origins.dtype
+    n_rays = origins.shape[0]
+    o, d = origins.detach().contiguous().numpy(), directions.detach().contiguous().numpy()
+    near, far = t_near.detach().contiguous().numpy(), t_far.detach().contiguous().numpy()
+    first = first_offsets.detach().to(torch.float64).contiguous().numpy()
+    occ = occupied.detach().contiguous()
+    occ = (occ.view(torch.uint8) if occ.dtype == torch.bool else (occ != 0).to(torch.uint8)).numpy()
+    resolution = int(resolution)
+    block = _block_size(resolution, occ.shape[0])
+    blocks = np.zeros((occ.shape[0], (resolution // block) ** 3), np.uint8)
+    if block > 1:
+        _block_occupancy(occ, resolution, block, blocks)
+    center = tuple(float(c) for c in center)
+    cone = _cone_tuple(float(cone_angle), float(min_step), float(max_step))
+    scalars = (blocks, block, center, float(base_size), resolution, float(min_step), float(max_step), cone,
+               int(max_samples))
+
+    counts = np.empty(n_rays, dtype=np.int64)
+    run_start = np.empty((n_rays, RUNS_PER_RAY), np.float64)
+    run_count = np.empty((n_rays, RUNS_PER_RAY), np.int64)
+    n_runs = np.empty(n_rays, np.int64)
+    _march_count(o, d, near, far, first, occ, *scalars, counts, run_start, run_count, n_runs)
+    ray_offsets = torch.zeros(n_rays + 1, dtype=torch.int64)
+    torch.cumsum(torch.from_numpy(counts), 0, out=ray_offsets[1:])
+    n_samples = int(ray_offsets[-1])
+    positions = torch.empty(n_samples, 3, dtype=dtype)
+    ts, t_starts, t_ends = (torch.empty(n_samples, dtype=dtype) for _ in range(3))
+    ray_indices = torch.empty(n_samples, dtype=torch.int64)
+    _march_fill(o, d, near, far, first, occ, *scalars, ray_offsets.numpy(), run_start, run_count, n_runs,
+                positions.numpy(), ts.numpy(), t_starts.numpy(), t_ends.numpy(), ray_indices.numpy())
+    return positions, ts, t_starts, t_ends, ray_indices, ray_offsets
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compositing
+# ----------------------------------------------------------------------------------------------------
+
+
+@njit(**_FAST)
+def _composite_forward(sigmas, rgbs, t_starts, t_ends, offsets, background, threshold, color, opacity, depth,
+                       weights):
+    n_channels = rgbs.shape[1]
+    for r in prange(offsets.shape[0] - 1):
+        trans = 1.0
+        acc_opacity = 0.0
+        acc_depth = 0.0
+        for c in range(n_channels):
+            color[r, c] = 0.0
+        for i in range(offsets[r], offsets[r + 1]):
+            if trans < threshold:  # early termination: the rest of the ray is invisible
+                weights[i] = 0.0
+                continue
+            delta = t_ends[i] - t_starts[i]
+            tau = np.float64(sigmas[i]) * np.float64(delta)
+            w = trans * -math.expm1(-tau)
+            weights[i] = w
+            for c in range(n_channels):
+                color[r, c] += w * rgbs[i, c]
+            acc_opacity += w
+            acc_depth += w * 0.5 * (np.float64(t_starts[i]) + np.float64(t_ends[i]))
+            trans *= math.exp(-tau)
+        for c in range(n_channels):
+            color[r, c] += (1.0 - acc_opacity) * background[r, c]
+        opacity[r] = acc_opacity
+        depth[r] = acc_depth
+
+
+@njit(**_FAST)
+def _composite_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_starts, t_ends, offsets,
+                        background, color, opacity, depth, threshold, grad_sigmas, grad_rgbs, grad_background):
+    n_channels = rgbs.shape[1]
+    has_grad_weights = grad_weights.shape[0] > 0
+    for r in prange(offsets.shape[0] - 1):
+        start, end = offsets[r], offsets[r + 1]
+        # total = sum_i w_i g_i from the forward outputs (see reference.composite_backward)
+        total = grad_opacity[r] * np.float64(opacity[r]) + grad_depth[r] * np.float64(depth[r])
+        for c in range(n_channels):
+            total += grad_color[r, c] * (np.float64(color[r, c]) - background[r, c])
+            grad_background[r, c] = (1.0 - opacity[r]) * grad_color[r, c]
+        if has_grad_weights:  # the only part of the total the forward outputs do not carry
+            trans = 1.0
+            for i in range(start, end):
+                if trans < threshold:
+                    break
+                tau = np.float64(sigmas[i]) * np.float64(t_ends[i] - t_starts[i])
+                total += trans * -math.expm1(-tau) * grad_weights[i]
+                trans *= math.exp(-tau)
+        trans = 1.0
+        prefix = 0.0
+        for i in range(start, end):
+            if trans < threshold:
+                grad_sigmas[i] = 0.0
+                for c in range(n_channels):
+                    grad_rgbs[i, c] = 0.0
+                continue
+            delta = np.float64(t_ends[i] - t_starts[i])
+            tau = np.float64(sigmas[i]) * delta
+            w = trans * -math.expm1(-tau)
+            trans_next = trans * math.exp(-tau)  # T_i (1 - alpha_i)
+            g = grad_opacity[r] + grad_depth[r] * 0.5 * (np.float64(t_starts[i]) + np.float64(t_ends[i]))
+            for c in range(n_channels):
+                g += grad_color[r, c] * (np.float64(rgbs[i, c]) - background[r, c])
+                grad_rgbs[i, c] = w * grad_color[r, c]
+            if has_grad_weights:
+                g += grad_weights[i]
+            prefix += w * g
+            grad_sigmas[i] = delta * (trans_next * g - (total - prefix))
+            trans = trans_next
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def composite_forward(sigmas, rgbs, t_starts, t_ends, ray_indices, ray_offsets, background, threshold):
+    """Numba version of :func:`ngp.kernels.reference.nerf.composite_forward` (``ray_indices`` unused)."""
+    n_rays = ray_offsets.shape[0] - 1
+    dtype = rgbs.dtype
+    color = torch.empty(n_rays, rgbs.shape[1], dtype=dtype)
+    opacity, depth = torch.empty(n_rays, dtype=dtype), torch.empty(n_rays, dtype=dtype)
+    weights = torch.empty(sigmas.shape[0], dtype=dtype)
+    _composite_forward(_np(sigmas), _np(rgbs), _np(t_starts), _np(t_ends), _np(ray_offsets), _np(background),
+                       float(threshold), color.numpy(), opacity.numpy(), depth.numpy(), weights.numpy())
+    return color, opacity, depth, weights
+
+
+def composite_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_starts, t_ends,
+                       ray_indices, ray_offsets, background, color, opacity, depth, threshold):
+    """Numba version of :func:`ngp.kernels.reference.nerf.composite_backward` (``ray_indices`` unused)."""
+    grad_sigmas = torch.empty_like(sigmas)
+    grad_rgbs = torch.empty_like(rgbs)
+    grad_background = torch.empty_like(background, memory_format=torch.contiguous_format)
+    dtype = rgbs.dtype
+    _composite_backward(_np(grad_color.to(dtype)), _np(grad_opacity.to(dtype)), _np(grad_depth.to(dtype)),
+                        _np(grad_weights.to(dtype)), _np(sigmas), _np(rgbs), _np(t_starts), _np(t_ends),
+                        _np(ray_offsets), _np(background), _np(color), _np(opacity), _np(depth), float(threshold),
+                        grad_sigmas.numpy(), grad_rgbs.numpy(), grad_background.numpy())
+    return grad_sigmas, grad_rgbs, grad_background

@@ -1,0 +1,448 @@
+"""Triton kernels of the multiresolution hash encoding (GPU; CPU tensors under ``TRITON_INTERPRET=1``).
+
+The definition lives in :mod:`ngp.kernels.reference.hashgrid`; these kernels compute the same numbers
+(``tests/test_triton_kernels.py`` compares them). The module mirrors the Numba module
+:mod:`ngp.kernels.cpu.hashgrid`, with torch tensors (on a CUDA device, or the CPU under the
+interpreter) instead of NumPy arrays:
+
+* the kernel-family interface of :mod:`ngp.ops.hashgrid`:
+
+  - ``forward(x, table, layout, interpolation) -> [N, L*F]`` in ``table.dtype``;
+  - ``backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
+    -> (grad_table [rows, F] in table.dtype or None, grad_x [N, d] or None)``;
+
+* the launchers, writing into tensors the caller allocates:
+
+  - ``encode(x, table, meta, scales, interp, out)``: ``out [N, L*F]`` (overwritten);
+  - ``table_grad(x, grad_out, meta, scales, interp, grad_table)``: ``grad_table [rows, F]``
+    (overwritten; float32 or float64, see below);
+  - ``input_grad(x, table, grad_out, meta, scales, interp, grad_x)``: ``grad_x [N, d]`` (overwritten);
+
+  ``meta`` is the per-level ``int64 [L, 8]`` table of :func:`level_table` (columns ``RES, OFFSET,
+  SIZE, HASHED, MASK, STRIDE1..3``, the Numba module's), ``scales`` the float resolutions ``[L]``;
+  :func:`constants` builds both once per layout and device.
+
+Precision: the table may be stored in float16, float32 or float64. Positions, weights and sums are
+computed in float32 (float64 when ``x`` or the table is float64) whatever the storage, so float16
+tables are best used with float32 ``x`` (float16 coordinates cannot resolve a cell of a 2048^3 grid).
+The table gradient is accumulated in a float32 (float64) buffer: atomic adds of many points into one
+row would lose most of their bits in float16. ``backward`` casts it to the table's dtype at the end,
+as the op expects (see ``docs/gpu.md`` for keeping a float32 master copy instead).
+
+GPU layout:
+
+* forward and table gradient: a 2-D launch grid ``(point blocks, levels)``; point blocks vary fastest,
+  so the blocks running at one time mostly read one level's table (it stays in L2);
+* table gradient: ``tl.atomic_add`` of float32 values into the float32 buffer;
+* input gradient: one program per point block loops over the levels (no atomics, deterministic);
+* ``d`` (1 to 4), ``F`` (1, 2, 4, 8) and the interpolation are compile-time constants; the ``2**d``
+  corner loop is unrolled.
+* Kernels use Triton *builtins* only, none of ``triton.language.standard``'s ``@jit`` helpers
+  (``tl.sum``, ``tl.zeros``, ``tl.cdiv``, ...): those are decorated when ``triton`` is imported, so
+  they would stay compiled-mode functions, unusable by the interpreter, whenever ``triton`` was
+  imported before ``TRITON_INTERPRET=1`` was set.
+
+Hashing is the reference's: ``(xor_i c_i * pi_i) mod 2^32``, done in uint32 arithmetic (wrapping
+multiplication), then ``& (T - 1)`` (hashed levels have power-of-two sizes ``T``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from ngp.kernels.reference.hashgrid import INTERPOLATIONS, PRIMES, GridLayout
+from ngp.kernels.triton import check_device, interpreting, kernels_for_mode
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the module still imports; calling a kernel raises a clear error
+    triton = tl = None
+
+# Columns of the per-level constant table (the same as ngp.kernels.cpu.hashgrid's).
+RES, OFFSET, SIZE, HASHED, MASK, STRIDE1, STRIDE2, STRIDE3 = range(8)
+N_META = 8
+
+NEAREST, LINEAR, SMOOTHSTEP = INTERPOLATIONS["Nearest"], INTERPOLATIONS["Linear"], INTERPOLATIONS["Smoothstep"]
+
+#: Whether this module's kernels were decorated for Triton's interpreter (see kernels_for_mode).
+INTERPRETED = interpreting()
+
+
+# No fused multiply-adds: ``x * N_l`` is rounded before ``floor`` and the subtraction, as in the
+# reference, so cells and fractions agree exactly (the kernels are bound by table gathers, not FLOPs).
+_LAUNCH = dict(enable_fp_fusion=False)
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# Device helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+@_jit
+def _axis(x_ptr, offs, mask, AXIS: tl.constexpr, D: tl.constexpr, scale, res, INTERP: tl.constexpr):
+    """One coordinate of a block of points at one level -> (cell, upper weight, d(weight)/dx).
+
+    Coordinates are clamped to [0, 1] (derivative 0 strictly outside, like torch.clamp); the integer
+    cell is clamped again so that even NaN cannot index out of bounds.
+    """
+    v = tl.load(x_ptr + offs * D + AXIS, mask=mask, other=0.0).to(scale.dtype)
+    inside = (v >= 0.0) & (v <= 1.0)
+    v = tl.minimum(tl.maximum(v, 0.0), 1.0)
+    pos = v * scale
+    cellf = tl.minimum(tl.floor(pos), scale - 1.0)  # x = 1 belongs to the last cell
+    cell = tl.minimum(tl.maximum(cellf.to(tl.int32), 0), res - 1)
+    frac = pos - cellf
+    if INTERP == 1:  # Linear
+        w = frac
+        dw = tl.full(frac.shape, 1.0, frac.dtype)
+    elif INTERP == 2:  # Smoothstep
+        w = frac * frac * (3.0 - 2.0 * frac)
+        dw = 6.0 * frac * (1.0 - frac)
+    else:  # Nearest: a step, no derivative
+        w = tl.where(frac >= 0.5, 1.0, 0.0).to(frac.dtype)
+        dw = tl.full(frac.shape, 0.0, frac.dtype)
+    g = tl.where(inside, dw * scale, 0.0).to(frac.dtype)
+    return cell, w, g
+
+
+@_jit
+def _level_axes(x_ptr, offs, mask, D: tl.constexpr, scale, res, INTERP: tl.constexpr):
+    """Cells, weights and weight derivatives of all (up to 4) axes; unused axes get 0 (neutral)."""
+    c0, w0, g0 = _axis(x_ptr, offs, mask, 0, D, scale, res, INTERP)
+    zero_c = tl.full(c0.shape, 0, c0.dtype)
+    zero_w = tl.full(w0.shape, 0.0, w0.dtype)
+    c1, w1, g1 = zero_c, zero_w, zero_w
+    c2, w2, g2 = zero_c, zero_w, zero_w
+    c3, w3, g3 = zero_c, zero_w, zero_w
+    if D > 1:
+        c1, w1, g1 = _axis(x_ptr, offs, mask, 1, D, scale, res, INTERP)
+    if D > 2:
+        c2, w2, g2 = _axis(x_ptr, offs, mask, 2, D, scale, res, INTERP)
+    if D > 3:
+        c3, w3, g3 = _axis(x_ptr, offs, mask, 3, D, scale, res, INTERP)
+    return c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3
+
+
+@_jit
+def _corner(C: tl.constexpr, D: tl.constexpr, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset):
+    """Table row and interpolation weight of corner ``C`` (bit i set: upper vertex along axis i).
+
+    The row is computed both ways (hash and 1:1) and the level's flag picks one: cheaper on a GPU than
+    a branch, and both are a few integer operations.
+    """
+    one = tl.full([], 1, tl.uint32)
+    # Axis 0: prime 1, stride 1.
+    h = c0.to(tl.uint32) + one if C & 1 else c0.to(tl.uint32)
+    r = c0 + 1 if C & 1 else c0
+    wc = w0 if C & 1 else 1.0 - w0
+    if D > 1:
+        h1 = c1.to(tl.uint32) + one if (C >> 1) & 1 else c1.to(tl.uint32)
+        h = h ^ (h1 * 2654435761)  # uint32 multiply: wraps mod 2^32, as the reference's & 0xFFFFFFFF
+        r = r + (c1 + 1 if (C >> 1) & 1 else c1) * st1
+        wc = wc * (w1 if (C >> 1) & 1 else 1.0 - w1)
+    if D > 2:
+        h2 = c2.to(tl.uint32) + one if (C >> 2) & 1 else c2.to(tl.uint32)
+        h = h ^ (h2 * 805459861)
+        r = r + (c2 + 1 if (C >> 2) & 1 else c2) * st2
+        wc = wc * (w2 if (C >> 2) & 1 else 1.0 - w2)
+    if D > 3:
+        h3 = c3.to(tl.uint32) + one if (C >> 3) & 1 else c3.to(tl.uint32)
+        h = h ^ (h3 * 3674653429)
+        r = r + (c3 + 1 if (C >> 3) & 1 else c3) * st3
+        wc = wc * (w3 if (C >> 3) & 1 else 1.0 - w3)
+    row = offset + tl.where(hashed != 0, (h & hmask).to(tl.int32), r)
+    return row, wc
+
+
+@_jit
+def _corner_dweights(C: tl.constexpr, D: tl.constexpr, w0, w1, w2, w3):
+    """d(weight of corner C)/d(w_i) for each axis: +-(product of the other axes' factors)."""
+    f0 = w0 if C & 1 else 1.0 - w0
+    f1 = w1 if (C >> 1) & 1 else 1.0 - w1
+    f2 = w2 if (C >> 2) & 1 else 1.0 - w2
+    f3 = w3 if (C >> 3) & 1 else 1.0 - w3
+    # Unused axes have w = 0 and bit 0, so their factor is exactly 1.
+    d0 = f1 * f2 * f3
+    d1 = f0 * f2 * f3
+    d2 = f0 * f1 * f3
+    d3 = f0 * f1 * f2
+    d0 = d0 if C & 1 else -d0
+    d1 = d1 if (C >> 1) & 1 else -d1
+    d2 = d2 if (C >> 2) & 1 else -d2
+    d3 = d3 if (C >> 3) & 1 else -d3
+    return d0, d1, d2, d3
+
+
+@_jit
+def _add(a, b):
+    return a + b
+
+
+@_jit
+def _level_constants(meta_ptr, scales_ptr, level):
+    base = meta_ptr + level * 8
+    res = tl.load(base + 0).to(tl.int32)
+    offset = tl.load(base + 1).to(tl.int32)
+    hashed = tl.load(base + 3).to(tl.int32)
+    hmask = tl.load(base + 4).to(tl.uint32)
+    st1 = tl.load(base + 5).to(tl.int32)
+    st2 = tl.load(base + 6).to(tl.int32)
+    st3 = tl.load(base + 7).to(tl.int32)
+    scale = tl.load(scales_ptr + level)
+    return res, offset, hashed, hmask, st1, st2, st3, scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+@_jit
+def _forward_kernel(
+    x_ptr, table_ptr, meta_ptr, scales_ptr, out_ptr, n_points, out_stride,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    level = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+    c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
+    acc = tl.full([BLOCK, F], 0.0, scale.dtype)
+    for C in tl.static_range(1 << D):
+        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+        values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
+        acc += wc[:, None] * values.to(scale.dtype)
+    out = out_ptr + offs[:, None] * out_stride + level * F + feats[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask[:, None])
+
+
+@_jit
+def _backward_table_kernel(
+    x_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_table_ptr, n_points, out_stride,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    level = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+    c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
+    grad_ptrs = grad_out_ptr + offs[:, None] * out_stride + level * F + feats[None, :]
+    grad = tl.load(grad_ptrs, mask=mask[:, None], other=0.0).to(scale.dtype)
+    acc_ty = grad_table_ptr.dtype.element_ty
+    for C in tl.static_range(1 << D):
+        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+        contrib = (wc[:, None] * grad).to(acc_ty)
+        tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contrib, mask=mask[:, None], sem="relaxed")
+
+
+@_jit
+def _backward_x_kernel(
+    x_ptr, table_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_x_ptr, n_points, n_levels, out_stride,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_points
+    feats = tl.arange(0, F)
+    first = tl.load(scales_ptr)
+    s0 = tl.full([BLOCK], 0.0, first.dtype)
+    s1 = tl.full([BLOCK], 0.0, first.dtype)
+    s2 = tl.full([BLOCK], 0.0, first.dtype)
+    s3 = tl.full([BLOCK], 0.0, first.dtype)
+    for level in range(n_levels):
+        res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+        c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
+        grad = tl.load(
+            grad_out_ptr + offs[:, None] * out_stride + level * F + feats[None, :], mask=mask[:, None], other=0.0
+        ).to(scale.dtype)
+        # sum over corners of (table row . grad) * d(weight)/d(w_i), per axis
+        t0 = tl.full([BLOCK], 0.0, first.dtype)
+        t1 = tl.full([BLOCK], 0.0, first.dtype)
+        t2 = tl.full([BLOCK], 0.0, first.dtype)
+        t3 = tl.full([BLOCK], 0.0, first.dtype)
+        for C in tl.static_range(1 << D):
+            row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+            values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
+            dot = tl.reduce(values.to(scale.dtype) * grad, 1, _add)
+            d0, d1, d2, d3 = _corner_dweights(C, D, w0, w1, w2, w3)
+            t0 += dot * d0
+            t1 += dot * d1
+            t2 += dot * d2
+            t3 += dot * d3
+        s0 += t0 * g0
+        s1 += t1 * g1
+        s2 += t2 * g2
+        s3 += t3 * g3
+    out_ty = grad_x_ptr.dtype.element_ty
+    tl.store(grad_x_ptr + offs * D, s0.to(out_ty), mask=mask)
+    if D > 1:
+        tl.store(grad_x_ptr + offs * D + 1, s1.to(out_ty), mask=mask)
+    if D > 2:
+        tl.store(grad_x_ptr + offs * D + 2, s2.to(out_ty), mask=mask)
+    if D > 3:
+        tl.store(grad_x_ptr + offs * D + 3, s3.to(out_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry points (tensors in, tensors out), mirroring ngp.kernels.cpu.hashgrid
+# ----------------------------------------------------------------------------------------------------
+
+
+def level_table(resolutions, offsets, hashed) -> np.ndarray:
+    """Per-level integer constants, ``int64 [L, 8]`` (columns as in the module docstring)."""
+    n_levels = len(resolutions)
+    meta = np.zeros((n_levels, N_META), dtype=np.int64)
+    for level in range(n_levels):
+        res, size = resolutions[level], offsets[level + 1] - offsets[level]
+        is_pow2 = size & (size - 1) == 0
+        meta[level] = (res, offsets[level], size, int(hashed[level]), size - 1 if is_pow2 else -1,
+                       res + 1, (res + 1) ** 2, (res + 1) ** 3)
+    return meta
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any tensor is float64, else float32 (float16 storage is computed in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@functools.lru_cache(maxsize=64)
+def constants(layout: GridLayout, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(meta, scales)`` of a layout on ``device``, built once (no host-to-device copy per call).
+
+    ``dtype`` is the compute dtype (:func:`compute_dtype`): ``x * N_l`` is rounded in it, as the
+    reference rounds it in ``x``'s dtype.
+    """
+    table = level_table(layout.resolutions, layout.offsets, layout.hashed)
+    if ((table[:, HASHED] == 1) & (table[:, MASK] < 0)).any():
+        raise ValueError("the Triton kernels need power-of-two sizes for hashed levels (T = 2^log2_hashmap_size)")
+    meta = torch.as_tensor(table, device=device)
+    scales = torch.tensor(layout.resolutions, dtype=dtype, device=device)
+    return meta, scales
+
+
+def _block(n_points: int) -> int:
+    # The interpreter pays per program (and per op), so it gets fewer, larger blocks.
+    if interpreting():
+        return max(16, min(1024, triton.next_power_of_2(max(n_points, 1))))
+    return 128
+
+
+def _prepare(x, table, meta, scales, interp, *others):
+    """Check arguments; return (meta, scales) as tensors on the device and the launch constants."""
+    check_device(x, table, *others)
+    if x.dim() != 2 or not 1 <= x.shape[1] <= len(PRIMES):
+        raise ValueError(f"x must be [N, d] with d in 1..{len(PRIMES)}, got {tuple(x.shape)}")
+    for name, t in (("x", x), ("table", table), *((f"argument {i}", o) for i, o in enumerate(others))):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    n_features = table.shape[1]
+    if n_features not in (1, 2, 4, 8):
+        raise ValueError(f"n_features must be 1, 2, 4 or 8, got {n_features}")
+    if interp not in (NEAREST, LINEAR, SMOOTHSTEP):
+        raise ValueError(f"unknown interpolation code {interp}; expected one of {sorted(INTERPOLATIONS.values())}")
+    meta = torch.as_tensor(meta, dtype=torch.int64, device=x.device)
+    if meta.dim() != 2 or meta.shape[1] != N_META:
+        raise ValueError(f"meta must be int64 [L, {N_META}], got {tuple(meta.shape)}")
+    n_levels = meta.shape[0]
+    if table.shape[0] * n_features >= 2**31 or x.shape[0] * max(n_levels * n_features, x.shape[1]) >= 2**31:
+        raise ValueError("table or batch too large for 32-bit indexing; split the batch")
+    scales = torch.as_tensor(scales, dtype=compute_dtype(x, table), device=x.device)
+    return meta.contiguous(), scales.contiguous(), n_levels, n_features
+
+
+def encode(x, table, meta, scales, interp: int, out: torch.Tensor) -> None:
+    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]`` (overwritten)."""
+    meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, out)
+    n_points = x.shape[0]
+    if n_points == 0:
+        return
+    block = _block(n_points)
+    grid = (triton.cdiv(n_points, block), n_levels)
+    kernels_for_mode(__name__)._forward_kernel[grid](
+        x, table, meta, scales, out, n_points, out.shape[1],
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+    )
+
+
+def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor) -> None:
+    """Write d(loss)/d(table) into ``grad_table [rows, F]`` (float32/64, overwritten) given ``grad_out [N, L*F]``."""
+    meta, scales, n_levels, n_features = _prepare(x, grad_table, meta, scales, interp, grad_out)
+    if grad_table.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"grad_table must be a float32 or float64 buffer (atomic adds), got {grad_table.dtype}")
+    grad_table.zero_()
+    n_points = x.shape[0]
+    if n_points == 0:
+        return
+    block = _block(n_points)
+    grid = (triton.cdiv(n_points, block), n_levels)
+    kernels_for_mode(__name__)._backward_table_kernel[grid](
+        x, grad_out, meta, scales, grad_table, n_points, grad_out.shape[1],
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+    )
+
+
+def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tensor) -> None:
+    """Write d(loss)/d(x) into ``grad_x [N, d]`` (overwritten) given ``grad_out [N, L*F]``."""
+    meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, grad_out, grad_x)
+    n_points = x.shape[0]
+    if n_points == 0:
+        return
+    block = _block(n_points)
+    grid = (triton.cdiv(n_points, block),)
+    kernels_for_mode(__name__)._backward_x_kernel[grid](
+        x, table, grad_out, meta, scales, grad_x, n_points, n_levels, grad_out.shape[1],
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The kernel-family interface of ngp.ops.hashgrid
+# ----------------------------------------------------------------------------------------------------
+
+
+def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int) -> torch.Tensor:
+    """``x [N, d]``, ``table [rows, F]`` (one device) -> ``[N, L*F]`` features in ``table.dtype``.
+
+    Example::
+
+        >>> layout = GridLayout.create(3, 16, 2, 19, 16, 1.38)
+        >>> forward(torch.rand(2**18, 3, device="cuda"), table, layout, INTERPOLATIONS["Linear"]).shape
+        torch.Size([262144, 32])
+    """
+    meta, scales = constants(layout, x.device, compute_dtype(x, table))
+    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=table.dtype, device=x.device)
+    encode(x.contiguous(), table.contiguous(), meta, scales, interpolation, out)
+    return out
+
+
+def backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    table: torch.Tensor,
+    layout: GridLayout,
+    interpolation: int,
+    needs_table_grad: bool,
+    needs_x_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of the loss w.r.t. ``table`` (in ``table.dtype``) and ``x`` (each ``None`` unless asked for)."""
+    x, table, grad_out = x.contiguous(), table.contiguous(), grad_out.contiguous()
+    meta, scales = constants(layout, x.device, compute_dtype(x, table))
+    grad_table = grad_x = None
+    if needs_table_grad:
+        accumulator = torch.float64 if table.dtype == torch.float64 else torch.float32
+        grad_table = torch.empty(table.shape, dtype=accumulator, device=x.device)
+        table_grad(x, grad_out, meta, scales, interpolation, grad_table)
+        grad_table = grad_table.to(table.dtype)  # a no-op unless the table is stored in float16
+    if needs_x_grad:
+        grad_x = torch.empty_like(x)
+        input_grad(x, table, grad_out, meta, scales, interpolation, grad_x)
+    return grad_table, grad_x

@@ -1,0 +1,215 @@
+"""Pinhole cameras (with optional OpenCV lens distortion) and the rays through their pixels.
+
+Conventions
+-----------
+* ``c2w`` is camera-to-world, ``[n, 3, 4]`` = ``[R | t]``, in the **OpenGL / Blender camera
+  convention**: the camera looks down its ``-z`` axis, ``+x`` points right and ``+y`` up in the
+  image. The columns of ``R`` are the camera's x, y, z axes in world coordinates, ``t`` is the
+  camera centre. (instant-ngp itself flips the camera's y and z axes to look down ``+z``; we keep
+  the OpenGL camera axes and only change the *world* frame, see :mod:`ngp.nerf.datasets`.)
+* Pixels: ``x`` runs right (columns), ``y`` runs down (rows). A pixel with integer index
+  ``(i, j)`` covers ``[i, i+1) x [j, j+1)``, so its centre is at ``(i + 0.5, j + 0.5)``; the
+  principal point ``(cx, cy)`` is in the same continuous coordinates (``W/2, H/2`` is the image
+  centre).
+* Distortion follows OpenCV's radial-tangential model (the one COLMAP's ``OPENCV`` camera,
+  instant-ngp and nerfstudio store as ``k1, k2, p1, p2``). It acts on normalised image coordinates
+  ``x = (u - cx) / fx``, ``y = (v - cy) / fy`` (y down, OpenCV style)::
+
+      r2 = x^2 + y^2,  radial = 1 + k1 r2 + k2 r2^2
+      x_d = x radial + 2 p1 x y + p2 (r2 + 2 x^2)
+      y_d = y radial + p1 (r2 + 2 y^2) + 2 p2 x y
+
+  A stored (distorted) pixel is undistorted by inverting this with Newton's method, as
+  instant-ngp and nerfstudio do, before the ray is made.
+
+Example::
+
+    >>> cams = Cameras.from_intrinsics(c2w=torch.eye(4)[None, :3], fx=100.0, fy=100.0,
+    ...                                cx=40.0, cy=30.0, width=80, height=60)
+    >>> o, d = generate_rays(cams, torch.tensor([0]), torch.tensor([[40.0, 30.0]]))
+    >>> d  # the centre pixel looks down -z
+    tensor([[ 0.,  0., -1.]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+__all__ = ["Cameras", "generate_rays", "distort", "undistort"]
+
+
+@dataclass
+class Cameras:
+    """A batch of ``n`` pinhole cameras.
+
+    Attributes:
+        c2w: ``[n, 3, 4]`` float camera-to-world matrices (OpenGL camera axes, see module doc).
+        fx, fy: ``[n]`` focal lengths in pixels.
+        cx, cy: ``[n]`` principal point in pixels (continuous coordinates; ``W/2`` = centre).
+        width, height: ``[n]`` int64 image sizes in pixels.
+        k1, k2, p1, p2: ``[n]`` OpenCV distortion coefficients, or ``None`` for an ideal pinhole.
+
+    Example::
+
+        >>> cams = Cameras.from_intrinsics(torch.eye(4)[None, :3], 50.0, 50.0, 16.0, 12.0, 32, 24)
+        >>> len(cams), cams.has_distortion
+        (1, False)
+    """
+
+    c2w: torch.Tensor
+    fx: torch.Tensor
+    fy: torch.Tensor
+    cx: torch.Tensor
+    cy: torch.Tensor
+    width: torch.Tensor
+    height: torch.Tensor
+    k1: torch.Tensor | None = None
+    k2: torch.Tensor | None = None
+    p1: torch.Tensor | None = None
+    p2: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.c2w.shape[0]
+        if self.c2w.shape != (n, 3, 4):
+            raise ValueError(f"c2w must be [n, 3, 4], got {tuple(self.c2w.shape)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "c2w" and value is not None and value.shape != (n,):
+                raise ValueError(f"Cameras.{f.name} must have shape [{n}], got {tuple(value.shape)}")
+        dist = [self.k1, self.k2, self.p1, self.p2]
+        if any(d is None for d in dist) and not all(d is None for d in dist):
+            raise ValueError("give all of k1, k2, p1, p2 or none of them")
+
+    @classmethod
+    def from_intrinsics(cls, c2w, fx, fy, cx, cy, width, height, k1=None, k2=None, p1=None, p2=None):
+        """Build from scalars or sequences; scalars are broadcast to every camera.
+
+        ``c2w`` is ``[n, 3, 4]`` (or ``[n, 4, 4]``, whose last row is dropped).
+        """
+        c2w = torch.as_tensor(c2w, dtype=torch.float32)[:, :3, :4]
+        n = c2w.shape[0]
+
+        def vec(v, dtype=torch.float32):
+            return None if v is None else torch.as_tensor(v, dtype=dtype).expand(n).clone()
+
+        return cls(c2w, vec(fx), vec(fy), vec(cx), vec(cy), vec(width, torch.int64),
+                   vec(height, torch.int64), vec(k1), vec(k2), vec(p1), vec(p2))
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def has_distortion(self) -> bool:
+        return self.k1 is not None
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """``[n, 3]`` camera centres in world coordinates."""
+        return self.c2w[:, :, 3]
+
+    def _map(self, fn) -> Cameras:
+        return Cameras(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                          for f in fields(self)})
+
+    def to(self, device) -> Cameras:
+        return self._map(lambda t: t.to(device))
+
+    def __getitem__(self, index) -> Cameras:
+        """Select cameras by an index tensor, list or slice (keeps the batch dimension)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return self._map(lambda t: t[index])
+
+    def scaled(self, factor: float) -> Cameras:
+        """Cameras for images resized by ``factor`` (0.5 = half the pixels per side).
+
+        Focal lengths and principal point scale with the image; distortion coefficients act on
+        normalised coordinates and stay. Sizes are floored, as when cropping a remainder.
+        """
+        return replace(self, fx=self.fx * factor, fy=self.fy * factor, cx=self.cx * factor,
+                       cy=self.cy * factor, width=(self.width * factor).floor().long(),
+                       height=(self.height * factor).floor().long())
+
+
+def distort(x: torch.Tensor, y: torch.Tensor, k1, k2, p1, p2) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV radial-tangential model on normalised coordinates (``[R]`` each) -> distorted ones.
+
+    Example::
+
+        >>> distort(torch.tensor([0.1]), torch.tensor([0.2]), 0.1, 0.0, 0.0, 0.0)
+        (tensor([0.1005]), tensor([0.2010]))
+    """
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * k2)
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def undistort(xd: torch.Tensor, yd: torch.Tensor, k1, k2, p1, p2,
+              iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`distort` by Newton's method (as nerfstudio's ``radial_and_tangential_undistort``).
+
+    Starts at the distorted point; the model is close to the identity, so a few iterations
+    converge to float precision for real lenses. Shapes ``[R]``; coefficients scalars or ``[R]``.
+
+    Example::
+
+        >>> x, y = undistort(*distort(torch.tensor([0.1]), torch.tensor([0.2]), 0.1, 0.0, 0.0, 0.0),
+        ...                  0.1, 0.0, 0.0, 0.0)
+    """
+    x, y = xd.clone(), yd.clone()
+    for _ in range(iterations):
+        r2 = x * x + y * y
+        radial = 1 + r2 * (k1 + r2 * k2)
+        d_radial = k1 + 2 * k2 * r2  # d(radial)/d(r2)
+        # residuals of the forward model and their Jacobian
+        fx_ = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
+        fy_ = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
+        fx_x = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x
+        fx_y = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        fy_x = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
+        fy_y = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x
+        det = fx_x * fy_y - fx_y * fy_x
+        # a vanishing Jacobian only happens far outside any real lens' field of view: stop there
+        det = torch.where(det.abs() < 1e-12, torch.ones_like(det), det)
+        x = x - (fx_ * fy_y - fy_ * fx_y) / det
+        y = y - (fy_ * fx_x - fx_ * fy_x) / det
+    return x, y
+
+
+def generate_rays(cameras: Cameras, camera_index: torch.Tensor,
+                  pixel_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through pixel positions.
+
+    Args:
+        cameras: ``n`` cameras.
+        camera_index: ``[R]`` int, which camera each ray belongs to.
+        pixel_xy: ``[R, 2]`` float pixel positions (x right, y down; pixel centres at ``+0.5``).
+
+    Returns:
+        ``origins [R, 3]`` (the camera centres) and unit ``directions [R, 3]``, in world space.
+
+    Example::
+
+        >>> cams = Cameras.from_intrinsics(torch.eye(4)[None, :3], 10.0, 10.0, 4.0, 3.0, 8, 6)
+        >>> o, d = generate_rays(cams, torch.zeros(2, dtype=torch.long),
+        ...                      torch.tensor([[4.0, 3.0], [14.0, 3.0]]))
+        >>> d[1]  # 10 px right of the centre with f = 10 px: 45 degrees to the right
+        tensor([ 0.7071,  0.0000, -0.7071])
+    """
+    camera_index = camera_index.long()
+    pixel_xy = pixel_xy.to(cameras.c2w.dtype)
+    x = (pixel_xy[:, 0] - cameras.cx[camera_index]) / cameras.fx[camera_index]
+    y = (pixel_xy[:, 1] - cameras.cy[camera_index]) / cameras.fy[camera_index]
+    if cameras.has_distortion:
+        coeffs = [c[camera_index] for c in (cameras.k1, cameras.k2, cameras.p1, cameras.p2)]
+        x, y = undistort(x, y, *coeffs)
+    # OpenCV normalised coordinates have y down and look down +z; OpenGL camera axes: y up, -z
+    dirs_cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
+    c2w = cameras.c2w[camera_index]
+    directions = torch.einsum("rij,rj->ri", c2w[:, :, :3], dirs_cam)
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    return c2w[:, :, 3].clone(), directions

@@ -1,0 +1,100 @@
+"""Extracting a triangle mesh from a NeRF's density by marching cubes.
+
+The density ``sigma`` is sampled on a ``resolution^3`` lattice spanning the field's aabb and the
+iso-surface ``sigma = threshold`` is extracted with ``skimage.measure.marching_cubes``. The default
+threshold, 2.5, is instant-ngp's (its densities are in the same units as ours: per unit of the
+normalised scene, where NeRF-synthetic objects span about 1). Vertices are mapped back to the
+data set's own coordinates (undoing the scale/offset/axis cycle of
+:func:`ngp.nerf.datasets.nerf_to_ngp_matrix`) and coloured by the field seen from outside (view
+direction against the normal).
+
+Example::
+
+    >>> mesh = extract_mesh(field, resolution=256, scale=0.33, offset=(0.5, 0.5, 0.5))
+    >>> write_mesh(mesh, "lego.ply")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ngp.io.files import atomic_path
+from ngp.nerf.field import NerfField
+
+__all__ = ["DEFAULT_THRESHOLD", "density_grid", "extract_mesh", "write_mesh", "ngp_to_dataset"]
+
+#: instant-ngp's marching-cubes density threshold.
+DEFAULT_THRESHOLD = 2.5
+
+
+@torch.inference_mode()
+def density_grid(field: NerfField, resolution: int, chunk: int = 1 << 18, progress: bool = True) -> np.ndarray:
+    """``[R, R, R]`` float32 densities at the lattice points ``lo + (hi - lo) * i / (R - 1)``,
+    indexed ``[ix, iy, iz]``."""
+    lo, hi = field.aabb[0], field.aabb[1]
+    axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution) for i in range(3)]
+    out = np.empty((resolution,) * 3, dtype=np.float32)
+    for ix in tqdm(range(resolution), desc="density", unit="slice", disable=not progress, dynamic_ncols=True):
+        yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), dim=-1).reshape(-1, 2)
+        points = torch.cat([torch.full((yz.shape[0], 1), float(axes[0][ix])), yz], dim=1)
+        sigma = torch.cat([field.density(p) for p in points.split(chunk)])
+        out[ix] = sigma.reshape(resolution, resolution).numpy()
+    return out
+
+
+def ngp_to_dataset(points: np.ndarray, scale: float, offset) -> np.ndarray:
+    """Inverse of the data set loader's world mapping: ngp frame ``[N, 3]`` -> the transforms' frame."""
+    return (points[:, [2, 0, 1]] - np.asarray(offset, dtype=np.float64)) / scale
+
+
+def extract_mesh(field: NerfField, resolution: int = 256, threshold: float = DEFAULT_THRESHOLD,
+                 scale: float = 1.0, offset=(0.0, 0.0, 0.0), ngp_frame: bool = False,
+                 progress: bool = True):
+    """Marching cubes on the density -> ``trimesh.Trimesh`` with vertex colours.
+
+    Args:
+        field: the trained field.
+        resolution: lattice points per axis (memory ``4 R^3`` bytes).
+        threshold: iso-value of the density (see :data:`DEFAULT_THRESHOLD`).
+        scale, offset: the data set's mapping into the ngp frame (``NerfDataset.scale``/``offset``);
+            vertices are returned in the data set's frame unless ``ngp_frame``.
+
+    Raises:
+        ValueError: ``resolution < 2``, or no surface at this threshold (density everywhere above or
+            below it).
+    """
+    import trimesh
+    from skimage.measure import marching_cubes
+
+    if resolution < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    sigma = density_grid(field, resolution, progress=progress)
+    if not (sigma.min() < threshold < sigma.max()):
+        raise ValueError(f"no surface at density threshold {threshold}: the density ranges over "
+                         f"[{sigma.min():.3g}, {sigma.max():.3g}] (train longer or pick another --threshold)")
+    lo, hi = field.aabb[0].double().numpy(), field.aabb[1].double().numpy()
+    spacing = tuple((hi - lo) / (resolution - 1))
+    verts, faces, normals, _ = marching_cubes(sigma, level=threshold, spacing=spacing)
+    verts = verts + lo
+    # skimage's normals point down the density gradient, i.e. out of the object: look against them
+    with torch.inference_mode():
+        positions = torch.as_tensor(verts, dtype=torch.float32)
+        directions = -torch.nn.functional.normalize(torch.as_tensor(normals, dtype=torch.float32), dim=-1)
+        colors = torch.cat([field(p, d)[1] for p, d in zip(positions.split(1 << 16), directions.split(1 << 16))])
+    if not ngp_frame:
+        verts = ngp_to_dataset(verts, scale, offset)
+    rgba = np.concatenate([np.round(colors.numpy() * 255), np.full((len(verts), 1), 255)], axis=1)
+    return trimesh.Trimesh(vertices=verts, faces=faces,
+                           vertex_colors=rgba.astype(np.uint8), process=False)
+
+
+def write_mesh(mesh, path: str | Path) -> Path:
+    """Write a mesh (format from the suffix: .ply, .obj, .stl, ...) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        mesh.export(tmp)
+    return path

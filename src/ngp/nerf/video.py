@@ -1,0 +1,128 @@
+"""Camera paths and videos of a trained NeRF: an orbit around the scene, as MP4 plus PNG frames.
+
+The orbit is derived from the training cameras, so it works for object captures in any frame:
+``up`` is their mean up vector, the centre the point closest to all their optical axes (least
+squares; the aabb centre if that is ill-posed), and the orbit keeps their mean distance and height.
+
+Example::
+
+    >>> poses = orbit_poses(trainer.dataset.cameras.c2w, n_frames=60, aabb=trainer.field.aabb)
+    >>> write_video(renderer, poses, focal=555.6, width=400, height=400, out="orbit.mp4")
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ngp.io.files import atomic_path, prepare_output_dir
+from ngp.nerf.cameras import Cameras
+from ngp.nerf.evaluation import to_uint8, write_png
+from ngp.nerf.renderer import Renderer
+
+__all__ = ["orbit_poses", "scene_center", "write_video", "depth_to_image"]
+
+
+def _normalize(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def scene_center(c2w: torch.Tensor, aabb: torch.Tensor) -> torch.Tensor:
+    """``[3]`` the point closest (least squares) to the optical axes of cameras ``c2w [n, 3, 4]``.
+
+    Falls back to the aabb's centre when the axes are (nearly) parallel or the point lies outside
+    the aabb (forward-facing captures).
+    """
+    origins, forward = c2w[:, :, 3].double(), _normalize(-c2w[:, :, 2].double())
+    projector = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]  # [n, 3, 3]
+    a, b = projector.sum(0), (projector @ origins[:, :, None]).sum(0)[:, 0]
+    fallback = aabb.double().mean(0)
+    if len(c2w) < 2 or torch.linalg.cond(a) > 1e6:
+        return fallback.float()
+    center = torch.linalg.solve(a, b)
+    inside = bool(((center >= aabb[0]) & (center <= aabb[1])).all())
+    return (center if inside else fallback).float()
+
+
+def orbit_poses(c2w: torch.Tensor, n_frames: int, aabb: torch.Tensor) -> torch.Tensor:
+    """``[n_frames, 3, 4]`` camera-to-world poses on a circle around the scene, looking at its centre.
+
+    Args:
+        c2w: ``[n, 3, 4]`` training cameras (OpenGL axes, see :mod:`ngp.nerf.cameras`).
+        n_frames: poses on one full turn, starting at the first training camera's azimuth.
+        aabb: ``[2, 3]`` scene box (fallback centre).
+    """
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    c2w = c2w.float()
+    up = _normalize(c2w[:, :, 1].mean(0))
+    center = scene_center(c2w, aabb)
+    rel = c2w[:, :, 3] - center
+    height = float((rel @ up).mean())
+    planar = rel - (rel @ up)[:, None] * up
+    radius = float(planar.norm(dim=-1).mean())
+    e1 = _normalize(planar[0] if planar[0].norm() > 1e-6 else torch.linalg.svd(up[None])[2][1])
+    e2 = torch.linalg.cross(up, e1)
+    poses = []
+    for i in range(n_frames):
+        angle = 2 * math.pi * i / n_frames
+        position = center + height * up + radius * (math.cos(angle) * e1 + math.sin(angle) * e2)
+        forward = _normalize(center - position)
+        right = _normalize(torch.linalg.cross(forward, up))
+        cam_up = torch.linalg.cross(right, forward)
+        poses.append(torch.stack([right, cam_up, -forward, position], dim=1))
+    return torch.stack(poses)
+
+
+def depth_to_image(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
+    """``[H, W]`` depth -> uint8 grey image, near bright, far dark, nothing hit black."""
+    scaled = 1.0 - (depth - near) / max(far - near, 1e-9)
+    scaled = torch.where(depth > 0, scaled.clamp(0.05, 1.0), torch.zeros_like(depth))
+    return to_uint8(scaled[..., None].expand(*depth.shape, 3))
+
+
+def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """H.264 (yuv420p) needs even sizes: pad the last row/column by repetition if needed."""
+    h, w = frames[0].shape[:2]
+    pad = ((0, h % 2), (0, w % 2), (0, 0))
+    return frames if not (h % 2 or w % 2) else [np.pad(f, pad, mode="edge") for f in frames]
+
+
+def write_video(renderer: Renderer, poses: torch.Tensor, focal: float, width: int, height: int,
+                out: str | Path, background: torch.Tensor, frames_dir: str | Path | None = None,
+                fps: int = 30, progress: bool = True) -> dict:
+    """Render ``poses [n, 3, 4]`` with a pinhole of ``focal`` pixels, write ``out`` (MP4, H.264) and,
+    with ``frames_dir``, ``frame_XXXX.png`` and ``depth_XXXX.png`` per frame.
+
+    Returns statistics: frames, seconds, samples per second.
+    """
+    import imageio.v2 as imageio
+
+    n = poses.shape[0]
+    cameras = Cameras.from_intrinsics(poses, focal, focal, width / 2, height / 2, width, height)
+    if frames_dir is not None:
+        frames_dir = prepare_output_dir(frames_dir)
+    colors, depths, n_samples = [], [], 0
+    start = time.perf_counter()
+    for i in tqdm(range(n), desc="rendering", unit="frame", disable=not progress, dynamic_ncols=True):
+        render = renderer.render_image(cameras, i, background)
+        colors.append(to_uint8(render["color"]))
+        depths.append(render["depth"])
+        n_samples += render["n_samples"]
+    seconds = time.perf_counter() - start
+    hit = torch.cat([d[d > 0] for d in depths])
+    near, far = (float(hit.quantile(0.01)), float(hit.quantile(0.99))) if hit.numel() else (0.0, 1.0)
+    if frames_dir is not None:
+        for i, (color, depth) in enumerate(zip(colors, depths)):
+            write_png(Path(frames_dir) / f"frame_{i:04d}.png", color)
+            write_png(Path(frames_dir) / f"depth_{i:04d}.png", depth_to_image(depth, near, far))
+    with atomic_path(out) as tmp:
+        imageio.mimwrite(tmp, _even(colors), fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                         format="FFMPEG")
+    return {"frames": n, "width": width, "height": height, "render_seconds": seconds,
+            "render_samples_per_second": n_samples / max(seconds, 1e-9), "video": str(out)}

@@ -1,0 +1,133 @@
+"""The learned signed distance function: hash encoding + MLP, with the mesh's normalisation attached.
+
+Coordinates: the network lives in the unit cube (the mesh scaled by :class:`ngp.io.meshes.MeshNormalization`).
+:class:`NeuralSDF` takes points **in the input mesh's own units** by default and returns distances in
+those units; pass ``unit=True`` to work in the unit cube instead (distances then in unit-cube units).
+Outside the unit cube the hash grid clamps its input, so the distance there is continued as
+``sdf(clamp(p)) + |p - clamp(p)|``, which keeps sphere tracing and marching well behaved.
+
+Example:
+    >>> sdf = NeuralSDF.from_checkpoint("run/checkpoint")
+    >>> d = sdf(points)              # [N, 3] mesh units -> [N] mesh units, negative inside
+    >>> n = sdf.gradient(points)     # [N, 3] ~unit normals (d sdf / d p) via the encoding's input gradient
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ngp.config import ConfigError, otype_of
+from ngp.io.checkpoints import load_checkpoint, save_checkpoint
+from ngp.io.meshes import MeshNormalization
+from ngp.networks import NetworkWithInputEncoding
+
+#: instant-ngp's finest hash-grid resolution over the unit cube for SDFs (``desired_resolution``),
+#: used to derive ``per_level_scale`` when a config gives neither it nor ``finest_resolution``.
+SDF_FINEST_RESOLUTION = 2048
+
+
+def sdf_encoding_config(encoding: Mapping[str, Any]) -> dict[str, Any]:
+    """instant-ngp's SDF defaults for a grid encoding: ``per_level_scale = (2048 / N_min)^(1/(L-1))``."""
+    encoding = copy.deepcopy(dict(encoding))
+    is_grid = "grid" in otype_of(encoding, "encoding").lower()
+    if is_grid and encoding.get("per_level_scale") is None and encoding.get("finest_resolution") is None:
+        encoding["finest_resolution"] = SDF_FINEST_RESOLUTION
+    return encoding
+
+
+class NeuralSDF(nn.Module):
+    """A signed distance function ``[N, 3] -> [N]`` learned from a mesh.
+
+    Args:
+        encoding_config: tiny-cuda-nn encoding config (``HashGrid`` as in instant-ngp's ``base.json``).
+        network_config: tiny-cuda-nn network config (1 output).
+        normalization: mesh units <-> unit cube (identity-like ``center=(.5,.5,.5), scale=1`` by default).
+        aabb: ``[2, 3]`` the region of the unit cube the mesh occupies (where the SDF was trained).
+    """
+
+    def __init__(
+        self,
+        encoding_config: Mapping[str, Any],
+        network_config: Mapping[str, Any],
+        normalization: MeshNormalization | None = None,
+        aabb: np.ndarray | None = None,
+    ):
+        super().__init__()
+        self.encoding_config = sdf_encoding_config(encoding_config)
+        self.network_config = dict(network_config)
+        self.field = NetworkWithInputEncoding(3, 1, self.encoding_config, self.network_config)
+        self.normalization = normalization or MeshNormalization((0.5, 0.5, 0.5), 1.0)
+        box = np.array([[0.0] * 3, [1.0] * 3]) if aabb is None else np.asarray(aabb, dtype=np.float64)
+        if box.shape != (2, 3) or not (box[1] > box[0]).all():
+            raise ValueError(f"aabb must be [[xmin, ymin, zmin], [xmax, ymax, zmax]] with max > min, got {box.tolist()}")
+        self.register_buffer("aabb", torch.tensor(box, dtype=torch.float32), persistent=False)
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def unit_sdf(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, 3]`` unit-cube points -> ``[N]`` unit-cube distances (the raw network, differentiable)."""
+        if x.dim() != 2 or x.shape[1] != 3:
+            raise ValueError(f"NeuralSDF expects points of shape [N, 3], got {list(x.shape)}")
+        x = x.to(self.aabb.dtype)
+        inside = x.clamp(0.0, 1.0)
+        outside = (x - inside).norm(dim=-1)  # 0 inside the cube
+        return self.field(inside)[:, 0] + outside
+
+    def forward(self, points: torch.Tensor, unit: bool = False) -> torch.Tensor:
+        """``[N, 3]`` points (mesh units, or unit cube if ``unit``) -> ``[N]`` signed distances, same units."""
+        if unit:
+            return self.unit_sdf(points)
+        scale = self.normalization.scale
+        return self.unit_sdf(self.normalization.to_unit(points.to(self.aabb.dtype))) * scale
+
+    def gradient(self, points: torch.Tensor, unit: bool = False) -> torch.Tensor:
+        """``[N, 3]`` -> ``[N, 3]``: ``d sdf / d points`` by autograd through the encoding (not normalised;
+        its length is ~1 where the SDF is well learned). The same in both unit systems."""
+        with torch.enable_grad():
+            x = points.detach().to(self.aabb.dtype).requires_grad_(True)
+            distance = self.forward(x, unit=unit)
+            (grad,) = torch.autograd.grad(distance.sum(), x)
+        return grad
+
+    # -- persistence --------------------------------------------------------------------------------
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {
+            "primitive": "sdf",
+            "encoding": self.encoding_config,
+            "network": self.network_config,
+            "normalization": self.normalization.to_dict(),
+            "aabb": self.aabb.tolist(),
+        }
+
+    def save(self, folder: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write ``folder/model.safetensors`` + ``folder/config.json`` (weights as they are now)."""
+        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
+        return save_checkpoint(folder, tensors, {**self.checkpoint_config(), **(extra or {})})
+
+    @staticmethod
+    def from_checkpoint(folder: str | Path) -> "NeuralSDF":
+        """Rebuild a :class:`NeuralSDF` from a checkpoint folder (or a run folder holding ``checkpoint/``)."""
+        folder = Path(folder)
+        if (folder / "checkpoint").is_dir():
+            folder = folder / "checkpoint"
+        tensors, config = load_checkpoint(folder)
+        if config.get("primitive") != "sdf":
+            raise ConfigError(f"checkpoint {folder} is not an SDF checkpoint (primitive={config.get('primitive')!r})")
+        model = NeuralSDF(
+            config["encoding"], config["network"], MeshNormalization.from_dict(config["normalization"]),
+            np.asarray(config["aabb"]),
+        )
+        state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
+        try:
+            model.field.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"checkpoint {folder} does not match its config: {error}") from None
+        return model.eval()
+
+
+__all__ = ["NeuralSDF", "SDF_FINEST_RESOLUTION", "sdf_encoding_config"]

@@ -1,0 +1,67 @@
+"""The image task's config: defaults, merging, the shipped base.json, and unknown keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ngp.config import ConfigError, load_config
+from ngp.image.model import DEFAULT_CONFIG, build_image_model, image_config, resolve_for_image
+
+BASE_JSON = Path(__file__).resolve().parents[2] / "configs" / "image" / "base.json"
+
+
+def test_shipped_base_json_equals_the_defaults():
+    assert load_config(BASE_JSON) == DEFAULT_CONFIG
+    assert image_config(BASE_JSON) == DEFAULT_CONFIG
+
+
+def test_partial_config_is_merged_over_defaults():
+    cfg = image_config({"encoding": {"log2_hashmap_size": 12}, "optimizer": {"nested": {"learning_rate": 0.05}}})
+    assert cfg["encoding"]["log2_hashmap_size"] == 12 and cfg["encoding"]["n_levels"] == "auto"
+    assert cfg["optimizer"]["nested"]["learning_rate"] == 0.05 and cfg["optimizer"]["nested"]["epsilon"] == 1e-15
+    assert cfg["optimizer"]["decay_start"] == 20000
+
+
+def test_component_with_another_otype_replaces_the_default():
+    cfg = image_config({"optimizer": {"otype": "Adam", "learning_rate": 0.02}, "encoding": {"otype": "Frequency", "n_frequencies": 4}})
+    assert cfg["optimizer"] == {"otype": "Adam", "learning_rate": 0.02}
+    model = build_image_model(cfg, 3)
+    assert model(torch.rand(5, 2)).shape == (5, 3)
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(ConfigError, match="unknown key.*'learning_rat'"):
+        image_config({"learning_rat": 1})
+
+
+def test_unknown_component_key_is_named():
+    cfg = resolve_for_image(image_config({"encoding": {"n_levelz": 4}}), 64, 64)
+    with pytest.raises(ConfigError, match="n_levelz"):
+        build_image_model(cfg, 3)
+
+
+def test_component_must_be_an_object():
+    with pytest.raises(ConfigError, match="'loss' must be a JSON object"):
+        image_config({"loss": "L2"})
+
+
+@pytest.mark.parametrize("size, levels", [((1024, 1024), 8), ((512, 300), 7), ((64, 64), 4), ((8, 4), 1), ((56000, 20000), 14), ((10**7, 1), 16)])
+def test_auto_levels_reach_twice_the_longer_side(size, levels):
+    cfg = resolve_for_image(image_config(), *size)
+    assert cfg["encoding"]["n_levels"] == levels
+    finest = 16 * 2.0 ** (levels - 1)
+    assert finest >= min(2 * max(size), 16 * 2**15)
+    assert levels == 1 or finest / 2 < 2 * max(size)
+
+
+def test_auto_must_be_resolved_and_explicit_levels_are_kept():
+    with pytest.raises(ConfigError, match="auto"):
+        build_image_model(image_config(), 3)
+    cfg = resolve_for_image(image_config({"encoding": {"n_levels": 12, "per_level_scale": 1.5}}), 1024, 1024)
+    assert cfg["encoding"]["n_levels"] == 12
+    assert resolve_for_image(image_config({"encoding": {"per_level_scale": 1.5}}), 1024, 1024)["encoding"]["n_levels"] == 13
+    cfg = image_config({"encoding": {"n_levels": 8, "finest_resolution": 2048}})
+    assert build_image_model(cfg, 3).encoding.layout.resolutions[-1] == 2048

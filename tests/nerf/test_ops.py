@@ -1,0 +1,352 @@
+"""NeRF ray ops: box intersection, marching, compositing (Numba kernels against the PyTorch reference).
+
+Run: ``pytest tests/nerf/test_ops.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ngp.kernels.cpu import nerf as cpu
+from ngp.kernels.reference import nerf as ref
+from ngp.nerf.occupancy import OccupancyGrid
+from ngp.ops import nerf as ops
+
+UNIT = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+BACKENDS = ["reference", "numba"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    monkeypatch.setenv("NGP_BACKEND", request.param)
+    return request.param
+
+
+def _unit(v):
+    v = torch.tensor(v, dtype=torch.float32)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ray_aabb_intersect
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_ray_aabb_hand_cases():
+    o = torch.tensor([
+        [-1.0, 0.5, 0.5],   # enters the +x face from outside
+        [0.5, 0.5, 0.5],    # starts inside
+        [-1.0, 2.0, 0.5],   # passes beside the box
+        [2.0, 0.5, 0.5],    # box behind the origin
+        [-1.0, 0.0, 0.5],   # parallel to the y = 0 face, lying in it
+        [-1.0, -0.1, 0.5],  # parallel to the y = 0 face, just outside
+        [0.0, 2.0, 0.5],    # grazes the edge x = 1, y = 1
+        [0.0, 0.0, -2.0],   # diagonal, through two opposite corners' edges
+    ])
+    d = torch.cat([_unit([[1.0, 0, 0]]), _unit([[0, 1.0, 0]]), _unit([[1.0, 0, 0]]), _unit([[1.0, 0, 0]]),
+                   _unit([[1.0, 0, 0]]), _unit([[1.0, 0, 0]]), _unit([[1.0, -1.0, 0]]), _unit([[0.5, 0.5, 2.0]])])
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    assert hit.tolist() == [True, True, False, False, True, False, False, True]
+    assert t_near[0] == pytest.approx(1.0) and t_far[0] == pytest.approx(2.0)
+    assert t_near[1] == 0.0 and t_far[1] == pytest.approx(0.5)
+    assert t_near[4] == pytest.approx(1.0) and t_far[4] == pytest.approx(2.0)
+    n8 = math.sqrt(0.25 + 0.25 + 4.0)
+    assert t_near[7] == pytest.approx(n8, rel=1e-6) and t_far[7] == pytest.approx(1.5 * n8, rel=1e-6)
+    assert (t_near[~hit] == 0).all() and (t_far[~hit] == 0).all()
+
+
+def test_ray_aabb_random_agrees_with_point_tests():
+    g = torch.Generator().manual_seed(0)
+    o = torch.rand(4000, 3, generator=g) * 4 - 1.5
+    d = torch.nn.functional.normalize(torch.randn(4000, 3, generator=g), dim=-1)
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    mid = o + 0.5 * (t_near + t_far)[:, None] * d
+    assert ((mid[hit] >= -1e-5) & (mid[hit] <= 1 + 1e-5)).all()
+    # a miss never has a point inside the box on a fine sweep of t
+    ts = torch.linspace(0, 6, 600)
+    pts = o[~hit, None] + ts[None, :, None] * d[~hit, None]
+    inside = ((pts > 1e-4) & (pts < 1 - 1e-4)).all(-1).any(-1)
+    assert not inside.any()
+
+
+def test_ray_aabb_rejects_bad_input():
+    with pytest.raises(ValueError, match="origins"):
+        ops.ray_aabb_intersect(torch.zeros(3), torch.zeros(3), UNIT)
+    with pytest.raises(ValueError, match="NaN"):
+        ops.ray_aabb_intersect(torch.full((1, 3), math.nan), torch.ones(1, 3), UNIT)
+    with pytest.raises(ValueError, match="aabb"):
+        ops.ray_aabb_intersect(torch.zeros(1, 3), torch.ones(1, 3), torch.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------------------
+# march_rays
+# ----------------------------------------------------------------------------------------------------
+
+
+def _rays(n, seed, lo=-1.5, hi=2.5):
+    g = torch.Generator().manual_seed(seed)
+    o = torch.rand(n, 3, generator=g) * (hi - lo) + lo
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    return o, d
+
+
+def test_march_full_grid_even_spacing(backend):
+    grid = OccupancyGrid(aabb=UNIT, resolution=16)
+    o, d = _rays(64, 1)
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    s = ops.march_rays(o, d, t_near, t_far, grid, max_samples_per_ray=100000)
+    dt = grid.min_step_size
+    counts = s.samples_per_ray
+    assert (counts[~hit] == 0).all() and (counts[hit] > 0).all()
+    k = torch.arange(s.n_samples) - s.ray_offsets[s.ray_indices]
+    expected = t_near[s.ray_indices].double() + (k.double() + 0.5) * dt
+    torch.testing.assert_close(s.ts.double(), expected, atol=1e-5, rtol=0)
+    # exactly the samples with t < t_far, and the intervals tile [t_near, t_far]
+    expected_counts = torch.ceil((t_far - t_near).double() / dt - 0.5).long().clamp_min(0)
+    assert torch.equal(counts[hit], expected_counts[hit])
+    tiled = torch.zeros(64, dtype=torch.float64).index_add(0, s.ray_indices, s.deltas.double())
+    torch.testing.assert_close(tiled, (t_far - t_near).double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s.positions, o[s.ray_indices] + s.ts[:, None] * d[s.ray_indices], atol=1e-5, rtol=0)
+    assert torch.equal(s.directions, d[s.ray_indices])
+    assert (s.ray_indices[1:] >= s.ray_indices[:-1]).all()
+
+
+def test_march_empty_grid_gives_no_samples(backend):
+    grid = OccupancyGrid(aabb=UNIT, resolution=16)
+    grid.occupied.zero_()
+    o, d = _rays(50, 2)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, UNIT)
+    s = ops.march_rays(o, d, t_near, t_far, grid)
+    assert s.n_samples == 0 and s.positions.shape == (0, 3)
+    assert torch.equal(s.ray_offsets, torch.zeros(51, dtype=torch.int64))
+
+
+def test_march_half_grid_only_samples_occupied_cells(backend):
+    grid = OccupancyGrid(aabb=UNIT, resolution=16)
+    grid.occupied.view(1, 16, 16, 16)[:, 8:] = False  # x >= 0.5 is empty
+    o, d = _rays(300, 3)
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    s = ops.march_rays(o, d, t_near, t_far, grid)
+    assert s.n_samples > 1000
+    assert (s.positions[:, 0] < 0.5).all()
+    assert grid.is_occupied(s.positions).all()
+    # every point of a ray inside the occupied half is sampled: compare with the full grid
+    full = OccupancyGrid(aabb=UNIT, resolution=16)
+    s_full = ops.march_rays(o, d, t_near, t_far, full)
+    in_half = s_full.positions[:, 0] < 0.5
+    assert s.n_samples == int(in_half.sum())
+    torch.testing.assert_close(s.ts, s_full.ts[in_half])
+
+
+@pytest.mark.parametrize("cone_angle", [0.0, 1.0 / 256])
+def test_march_cascades_respect_occupancy(backend, cone_angle):
+    grid = OccupancyGrid(aabb_scale=4, resolution=16)  # 3 cascades around the unit cube
+    assert grid.n_cascades == 3
+    g = torch.Generator().manual_seed(4)
+    grid.occupied.copy_((torch.rand(grid.occupied.shape, generator=g) < 0.2) & grid.valid)
+    o, d = _rays(200, 5, -3.0, 4.0)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
+    s = ops.march_rays(o, d, t_near, t_far, grid, cone_angle=cone_angle, jitter=g)
+    assert s.n_samples > 500
+    # samples not clipped by t_near / t_far have the marcher's step as their length
+    interior = (s.t_starts > t_near[s.ray_indices]) & (s.t_ends < t_far[s.ray_indices])
+    assert grid.is_occupied(s.positions[interior], dt=s.deltas[interior]).all()
+    if cone_angle == 0:
+        assert grid.is_occupied(s.positions).all()
+    assert ((s.positions >= grid.aabb[0] - 1e-5) & (s.positions <= grid.aabb[1] + 1e-5)).all()
+    assert (s.t_starts >= t_near[s.ray_indices]).all() and (s.t_ends <= t_far[s.ray_indices]).all()
+    assert (s.t_starts <= s.ts).all() and (s.ts <= s.t_ends).all()
+    if cone_angle > 0:
+        dt = s.deltas
+        expect = (s.ts * cone_angle).clamp(grid.min_step_size, grid.max_step_size)
+        torch.testing.assert_close(dt[interior], expect[interior], rtol=0.01, atol=1e-6)
+
+
+def test_march_max_samples_and_jitter():
+    grid = OccupancyGrid(aabb=UNIT, resolution=8)
+    o, d = _rays(100, 6)
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    s = ops.march_rays(o, d, t_near, t_far, grid, max_samples_per_ray=7)
+    assert s.samples_per_ray.max() == 7
+    j1 = ops.march_rays(o, d, t_near, t_far, grid, jitter=torch.Generator().manual_seed(0))
+    j2 = ops.march_rays(o, d, t_near, t_far, grid, jitter=torch.Generator().manual_seed(0))
+    assert torch.equal(j1.ts, j2.ts)
+    first = j1.ts[j1.ray_offsets[:-1][hit]]
+    offset = (first - t_near[hit]) / grid.min_step_size
+    assert (offset >= -1e-3).all() and (offset < 1 + 1e-3).all() and offset.std() > 0.2
+
+
+def test_march_numba_matches_reference_exactly():
+    grid = OccupancyGrid(aabb_scale=4, resolution=16)
+    g = torch.Generator().manual_seed(7)
+    occupied = ((torch.rand(grid.occupied.shape, generator=g) < 0.3) & grid.valid).to(torch.uint8)
+    o, d = _rays(400, 8, -3.0, 4.0)
+    d[:10, 0] = 0.0  # axis-parallel rays exercise the infinite exit distances
+    d = torch.nn.functional.normalize(d, dim=-1)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
+    first = torch.rand(400, generator=g, dtype=torch.float64)
+    for cone in (0.0, 1.0 / 256):
+        args = (o, d, t_near, t_far, first, occupied, grid.center, grid.base_size, grid.resolution,
+                grid.min_step_size, grid.max_step_size, cone, 300)
+        expected, got = ref.march_rays(*args), cpu.march_rays(*args)
+        assert expected[0].shape[0] > 1000
+        for e, g_ in zip(expected, got):
+            assert torch.equal(e, g_)
+
+
+def test_march_without_grid_and_bad_input():
+    o, d = _rays(10, 9)
+    t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)
+    s = ops.march_rays(o, d, t_near, t_far, None, step_size=0.01)
+    assert s.n_samples == int(torch.ceil((t_far - t_near) / 0.01 - 0.5).clamp_min(0).sum())
+    with pytest.raises(ValueError, match="step_size"):
+        ops.march_rays(o, d, t_near, t_far, None)
+    with pytest.raises(ValueError, match="t_near"):
+        ops.march_rays(o, d, t_near[:3], t_far, None, step_size=0.01)
+
+
+# ----------------------------------------------------------------------------------------------------
+# composite
+# ----------------------------------------------------------------------------------------------------
+
+
+def _packed(n_rays=300, max_per_ray=40, seed=0, dtype=torch.float32, saturate=True):
+    """Random packed samples: some rays empty, some dense enough to terminate early."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, max_per_ray, (n_rays,), generator=g)
+    counts[:3] = 0
+    offsets = torch.zeros(n_rays + 1, dtype=torch.int64)
+    offsets[1:] = counts.cumsum(0)
+    n = int(offsets[-1])
+    ray_indices = torch.repeat_interleave(torch.arange(n_rays), counts)
+    deltas = torch.rand(n, generator=g, dtype=dtype) * 0.05 + 1e-3
+    ends = torch.cumsum(deltas, 0)
+    t_ends = ends - torch.cat([torch.zeros(1, dtype=dtype), ends])[offsets[:-1]][ray_indices] + 0.5
+    t_starts = t_ends - deltas
+    scale = torch.rand(n_rays, generator=g, dtype=dtype)[ray_indices] * (400 if saturate else 10)
+    sigmas = torch.rand(n, generator=g, dtype=dtype) * scale
+    rgbs = torch.rand(n, 3, generator=g, dtype=dtype)
+    return sigmas, rgbs, t_starts, t_ends, ray_indices, offsets
+
+
+def _run(inputs, background, grads):
+    sigmas, rgbs, t_starts, t_ends, ray_indices, offsets = inputs
+    sigmas, rgbs = sigmas.clone().requires_grad_(), rgbs.clone().requires_grad_()
+    bg = None if background is None else background.clone().requires_grad_()
+    out = ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, bg)
+    loss = sum((o * g).sum() for o, g in zip(out, grads) if g is not None)
+    loss.backward()
+    return out, sigmas.grad, rgbs.grad, None if bg is None else bg.grad
+
+
+@pytest.mark.parametrize("bg_kind", ["none", "per_channel", "per_ray"])
+def test_composite_numba_matches_reference(monkeypatch, bg_kind):
+    inputs = _packed()
+    n_rays, n = inputs[-1].shape[0] - 1, inputs[0].shape[0]
+    g = torch.Generator().manual_seed(1)
+    background = {"none": None, "per_channel": torch.rand(3, generator=g),
+                  "per_ray": torch.rand(n_rays, 3, generator=g)}[bg_kind]
+    grads = (torch.randn(n_rays, 3, generator=g), torch.randn(n_rays, generator=g),
+             torch.randn(n_rays, generator=g), torch.randn(n, generator=g))
+    monkeypatch.setenv("NGP_BACKEND", "reference")
+    expected = _run(inputs, background, grads)
+    monkeypatch.setenv("NGP_BACKEND", "numba")
+    got = _run(inputs, background, grads)
+    assert (expected[0].opacity > 0.9999).sum() > 20, "test data must contain early-terminated rays"
+    for e, g_ in zip(expected[0], got[0]):
+        torch.testing.assert_close(g_, e, atol=2e-6, rtol=1e-5)
+    for e, g_ in zip(expected[1:], got[1:]):
+        if e is None:
+            assert g_ is None
+        else:
+            torch.testing.assert_close(g_, e, atol=2e-5, rtol=1e-4)
+
+
+def test_composite_unused_outputs_and_closed_form_backward(monkeypatch):
+    """Only the colour used (others get None grads), and the reference closed form equals autograd."""
+    inputs = _packed(seed=3)
+    n_rays = inputs[-1].shape[0] - 1
+    grads = (torch.randn(n_rays, 3), None, None, None)
+    monkeypatch.setenv("NGP_BACKEND", "reference")
+    expected = _run(inputs, None, grads)
+    monkeypatch.setenv("NGP_BACKEND", "numba")
+    got = _run(inputs, None, grads)
+    torch.testing.assert_close(got[1], expected[1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got[2], expected[2], atol=2e-5, rtol=1e-4)
+    sigmas, rgbs, t_starts, t_ends, ray_indices, offsets = inputs
+    bg = torch.zeros(n_rays, 3)
+    color, opacity, depth, weights = ref.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, bg)
+    closed = ref.composite_backward(grads[0], torch.zeros(n_rays), torch.zeros(n_rays), torch.zeros(0), sigmas, rgbs,
+                                    t_starts, t_ends, ray_indices, offsets, bg, color, opacity, depth)
+    torch.testing.assert_close(closed[0], expected[1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(closed[1], expected[2], atol=1e-6, rtol=1e-5)
+
+
+def test_composite_hand_computed(backend):
+    sigmas = torch.tensor([1.0, 2.0, 3.0])
+    rgbs = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    t_starts = torch.tensor([0.0, 0.5, 0.0])
+    t_ends = torch.tensor([0.5, 1.0, 1.0])
+    ray_indices = torch.tensor([0, 0, 1])
+    offsets = torch.tensor([0, 2, 3, 3])  # ray 2 has no samples
+    out = ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, torch.tensor([0.0, 0.0, 1.0]))
+    a0, a1, a2 = 1 - math.exp(-0.5), 1 - math.exp(-1.0), 1 - math.exp(-3.0)
+    w = [a0, (1 - a0) * a1, a2]
+    torch.testing.assert_close(out.weights, torch.tensor(w))
+    torch.testing.assert_close(out.opacity, torch.tensor([w[0] + w[1], w[2], 0.0]))
+    torch.testing.assert_close(out.color, torch.tensor([[w[0], w[1], 1 - w[0] - w[1]], [0, 0, 1.0], [0, 0, 1.0]]))
+    torch.testing.assert_close(out.depth, torch.tensor([0.25 * w[0] + 0.75 * w[1], 0.5 * w[2], 0.0]))
+
+
+def test_composite_early_termination(backend):
+    sigmas = torch.tensor([1e4, 1.0, 1.0, 0.1])
+    rgbs = torch.rand(4, 3)
+    t_starts = torch.tensor([0.0, 0.1, 0.2, 0.0])
+    t_ends = t_starts + 0.1
+    out = ops.composite(sigmas, rgbs, t_starts, t_ends, torch.tensor([0, 0, 0, 1]), torch.tensor([0, 3, 4]))
+    assert out.weights[1] == 0 and out.weights[2] == 0  # T < 1e-4 after the first sample
+    assert out.weights[3] > 0
+    assert out.opacity[0] == pytest.approx(1.0, abs=1e-6)
+    kept = ops.composite(sigmas, rgbs, t_starts, t_ends, torch.tensor([0, 0, 0, 1]), torch.tensor([0, 3, 4]),
+                         transmittance_threshold=0.0)
+    assert kept.weights[1] > 0 or math.exp(-1e3) == 0.0  # with no threshold the tail keeps its (tiny) weight
+
+
+def test_weights_sum_to_opacity(backend):
+    sigmas, rgbs, t_starts, t_ends, ray_indices, offsets = _packed(seed=5)
+    out = ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets)
+    n_rays = offsets.shape[0] - 1
+    total = torch.zeros(n_rays).index_add(0, ray_indices, out.weights)
+    torch.testing.assert_close(total, out.opacity)
+    assert (out.opacity <= 1 + 1e-6).all() and (out.weights >= 0).all()
+    w = ops.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, offsets)
+    torch.testing.assert_close(w, out.weights, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ops.accumulate_along_rays(w, None, ray_indices, n_rays), out.opacity,
+                               atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_composite_gradcheck_float64(monkeypatch, backend_name):
+    monkeypatch.setenv("NGP_BACKEND", backend_name)
+    sigmas, rgbs, t_starts, t_ends, ray_indices, offsets = _packed(n_rays=6, max_per_ray=6, seed=2,
+                                                                   dtype=torch.float64, saturate=False)
+    bg = torch.rand(6, 3, dtype=torch.float64)
+
+    def fn(s, c, b):
+        return tuple(ops.composite(s, c, t_starts, t_ends, ray_indices, offsets, b))
+
+    inputs = (sigmas.requires_grad_(), rgbs.requires_grad_(), bg.requires_grad_())
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_composite_rejects_bad_input():
+    sigmas, rgbs, t_starts, t_ends, ray_indices, offsets = _packed(n_rays=5, seed=6)
+    with pytest.raises(ValueError, match="rgbs"):
+        ops.composite(sigmas, rgbs[:-1], t_starts, t_ends, ray_indices, offsets)
+    with pytest.raises(ValueError, match="ray_offsets"):
+        ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets.int())
+    with pytest.raises(ValueError, match="background"):
+        ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, torch.zeros(4))
