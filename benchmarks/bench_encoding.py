@@ -111,7 +111,8 @@ def main() -> None:
                 ref_median, ref_best, _ = ref_times[pass_name]
                 slow = f"{args.batch / ref_median / 1e6:6.3f} ({args.batch / ref_best / 1e6:5.3f})"
                 ratio = f"{ref_median / median:6.1f}x"
-            print(f"| {name:<30} | {pass_name:<17} | {fast:>15} | {fast_cpu:>9} | {slow:>15} | {ratio:>7} |", flush=True)
+            row = f"| {name:<30} | {pass_name:<17} | {fast:>15} | {fast_cpu:>9} | {slow:>15} | {ratio:>7} |"
+            print(row, flush=True)
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -16,14 +16,33 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Torch's and Numba's thread
+# pools alternate every step, and spinning threads of one steal the cores from the other (measured on
+# 2 loaded cores: 0.05 M samples/s spinning vs 0.44 M samples/s passive). `--spin` keeps the default.
+if "--spin" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ngp.image import DEFAULT_BATCH_SIZE, fit_image
-from ngp.ops.backend import requested_backend
+import torch  # noqa: E402
+
+from ngp.image import DEFAULT_BATCH_SIZE, fit_image, image_config  # noqa: E402
+from ngp.ops.backend import requested_backend  # noqa: E402
 
 
 def shared_data() -> Path:
     return Path(os.environ.get("NGP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def _innermost(optimizer: dict) -> dict:
+    while "nested" in optimizer:
+        optimizer = optimizer["nested"]
+    return optimizer
 
 
 def main() -> int:
@@ -33,20 +52,23 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--log2-hashmap-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--config", default=None, help="config file merged over the defaults (before the flags above)")
     parser.add_argument("--image", default=None, help="another image instead of albert.exr")
     parser.add_argument("--out", default=None, help="keep the run folder here (default: a temporary one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--spin", action="store_true", help="leave OMP_WAIT_POLICY unset (OpenMP's spinning default)")
     args = parser.parse_args()
 
     image = Path(args.image) if args.image else shared_data() / "image" / "albert.exr"
     if not args.image and not image.exists():
         print(f"SKIPPED: {image} not found (set NGP_SHARED_DATA to the shared data folder)")
         return 0
-    config: dict = {}
+    config = image_config(args.config) if args.config else {}
     if args.log2_hashmap_size is not None:
-        config["encoding"] = {"log2_hashmap_size": args.log2_hashmap_size}
+        config = image_config({**config, "encoding": {**config.get("encoding", {}), "log2_hashmap_size": args.log2_hashmap_size}})
     if args.learning_rate is not None:
-        config["optimizer"] = {"nested": {"learning_rate": args.learning_rate}}
+        config = image_config(config)
+        _innermost(config["optimizer"])["learning_rate"] = args.learning_rate
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
@@ -57,7 +79,8 @@ def main() -> int:
         f"PSNR {metrics['psnr']:.2f} dB | {metrics['steps']} steps in {metrics['seconds']:.1f} s | "
         f"{metrics['samples_per_second'] / 1e6:.3f} M samples/s | batch {metrics['batch_size']} | "
         f"log2_hashmap_size {metrics['config']['encoding']['log2_hashmap_size']} | "
-        f"backend {requested_backend()} | torch threads {torch.get_num_threads()} | cpus {os.cpu_count()}"
+        f"backend {requested_backend()} | torch threads {torch.get_num_threads()} | cpus {os.cpu_count()} | "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} | load avg {_load()}"
     )
     return 0
 

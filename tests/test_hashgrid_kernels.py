@@ -65,7 +65,8 @@ def assert_close(actual, expected, rtol, atol_scale):
 # Compiled vs reference
 # ----------------------------------------------------------------------------------------------------
 
-CASES = [(d, kind, interp, 2) for d in (1, 2, 3, 4) for kind in ("dense", "hashed", "mixed") for interp in INTERPOLATIONS]
+KINDS = ("dense", "hashed", "mixed")
+CASES = [(d, kind, interp, 2) for d in (1, 2, 3, 4) for kind in KINDS for interp in INTERPOLATIONS]
 CASES += [(d, "mixed", "Linear", f) for d in (1, 2, 3, 4) for f in (1, 4, 8)]
 CASES += [(d, "mixed", "Smoothstep", 8) for d in (2, 3)]
 

@@ -19,10 +19,14 @@ def test_shipped_base_json_equals_the_defaults():
 
 
 def test_partial_config_is_merged_over_defaults():
-    cfg = image_config({"encoding": {"log2_hashmap_size": 12}, "optimizer": {"nested": {"learning_rate": 0.05}}})
+    cfg = image_config({"encoding": {"log2_hashmap_size": 12}, "optimizer": {"nested": {"nested": {"learning_rate": 0.05}}}})
     assert cfg["encoding"]["log2_hashmap_size"] == 12 and cfg["encoding"]["n_levels"] == "auto"
-    assert cfg["optimizer"]["nested"]["learning_rate"] == 0.05 and cfg["optimizer"]["nested"]["epsilon"] == 1e-15
-    assert cfg["optimizer"]["decay_start"] == 20000
+    adam = cfg["optimizer"]["nested"]["nested"]
+    assert adam["learning_rate"] == 0.05 and adam["epsilon"] == 1e-15
+    assert cfg["optimizer"]["decay"] == 0.95 and cfg["optimizer"]["nested"]["decay_start"] == 20000
+    # instant-ngp's own base.json (ExponentialDecay at the top) replaces the default optimizer whole.
+    ported = image_config({"optimizer": {"otype": "ExponentialDecay", "decay_start": 20000, "nested": {"otype": "Adam"}}})
+    assert ported["optimizer"] == {"otype": "ExponentialDecay", "decay_start": 20000, "nested": {"otype": "Adam"}}
 
 
 def test_component_with_another_otype_replaces_the_default():

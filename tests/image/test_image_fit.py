@@ -41,10 +41,11 @@ def invoke(*args):
 
 
 def test_fit_learns_the_image(crop_png, tmp_path):
-    # Measured: 33.4 dB after 100 steps (seed 0); an untrained model gives about 10 dB.
+    # Measured: 30.1 dB after 100 steps with seed 0 (30.1 to 30.3 for seeds 0-2), 16.5 to 20.0 after 50
+    # steps; an untrained model gives about 10 dB.
     metrics = fit_image(crop_png, tmp_path / "run", steps=100, batch_size=4096, config=SMALL, seed=0, progress=False)
     assert metrics["steps"] == 100
-    assert metrics["psnr"] > 28.0
+    assert metrics["psnr"] > 27.0
 
 
 def test_cli_fit_writes_every_file_and_render_resizes(crop_png, tmp_path, small_config):
@@ -52,6 +53,7 @@ def test_cli_fit_writes_every_file_and_render_resizes(crop_png, tmp_path, small_
     result, output = invoke("image", "fit", crop_png, "--out", out, "--steps", 20, "--batch-size", 2048,
                             "--config", small_config, "--seed", 1)
     assert result.exit_code == 0, output
+    assert "PSNR" in output and "after 20 steps" in output  # the summary line
     for name in ("reconstruction.png", "metrics.json", "training.png", "checkpoint/model.safetensors",
                  "checkpoint/config.json"):
         assert (out / name).is_file(), name
@@ -79,10 +81,11 @@ def test_cli_fit_writes_every_file_and_render_resizes(crop_png, tmp_path, small_
 def test_float_exr_input_writes_exr_reconstruction(tmp_path):
     y, x = np.mgrid[0:32, 0:32] / 31.0
     write_image(tmp_path / "in.exr", np.stack([x, y, x * y], -1).astype(np.float32))
-    metrics = fit_image(tmp_path / "in.exr", tmp_path / "run", steps=30, batch_size=2048, config=SMALL, progress=False)
+    # Measured: 38.1 dB after 100 steps (35.5 with seed 1).
+    metrics = fit_image(tmp_path / "in.exr", tmp_path / "run", steps=100, batch_size=2048, config=SMALL, progress=False)
     recon = read_image(tmp_path / "run" / "reconstruction.exr")
     assert recon.array.dtype == np.float32 and recon.shape == (32, 32, 3)
-    assert metrics["image"]["linear"] is True and metrics["psnr"] > 20.0
+    assert metrics["image"]["linear"] is True and metrics["psnr"] > 30.0
 
 
 def test_no_arguments_shows_help():

@@ -50,12 +50,13 @@ def test_cli_round_trip(tmp_path, sphere_mesh):
     runner = CliRunner()
     result = runner.invoke(app, ["sdf", "fit", str(mesh_path), "--out", str(run), "--steps", "40", "--config",
                                  str(config), "--resolution", "48", "--render-width", "40", "--render-height", "32",
-                                 "--no-progress"])
+                                 "--iou-resolution", "48", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "IoU" in result.output and "Chamfer" in result.output
     assert {p.name for p in run.iterdir()} == RUN_FILES
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 40 and metrics["iou_grid"] > 0.6 and metrics["chamfer_mesh_units"] > 0
+    assert metrics["iou_grid_resolution"] == 48
     assert metrics["chamfer_mesh_units"] == pytest.approx(metrics["chamfer_unit_cube"] * (2 + 0.01 * 12**0.5), rel=1e-6)
     assert iio.imread(run / "render.png").shape == (32, 40, 3)
     assert iio.imread(run / "loss.png").ndim == 3

@@ -82,13 +82,14 @@ def extract_mesh(field: NerfField, resolution: int = 256, threshold: float = DEF
     verts = verts + lo
     # skimage's normals point down the density gradient, i.e. out of the object: look against them
     with torch.inference_mode():
-        positions = torch.as_tensor(verts, dtype=torch.float32)
-        directions = -torch.nn.functional.normalize(torch.as_tensor(normals, dtype=torch.float32), dim=-1)
+        positions = torch.as_tensor(np.ascontiguousarray(verts), dtype=torch.float32)
+        directions = -torch.nn.functional.normalize(torch.as_tensor(np.ascontiguousarray(normals), dtype=torch.float32), dim=-1)
         colors = torch.cat([field(p, d)[1] for p, d in zip(positions.split(1 << 16), directions.split(1 << 16))])
     if not ngp_frame:
         verts = ngp_to_dataset(verts, scale, offset)
     rgba = np.concatenate([np.round(colors.numpy() * 255), np.full((len(verts), 1), 255)], axis=1)
-    return trimesh.Trimesh(vertices=verts, faces=faces,
+    # skimage winds the faces of a "high inside" volume inwards: flip them so normals point out
+    return trimesh.Trimesh(vertices=verts, faces=np.ascontiguousarray(faces[:, ::-1]),
                            vertex_colors=rgba.astype(np.uint8), process=False)
 
 

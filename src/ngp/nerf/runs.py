@@ -51,9 +51,9 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2))
 
 
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, flush=True)
+def _log(message: str, quiet: bool = False) -> None:
+    """Progress and summary lines (always printed; ``quiet`` only hides progress bars)."""
+    print(message, flush=True)
 
 
 def _scene_info(dataset: NerfDataset, data: Path, downscale: int) -> dict[str, Any]:
@@ -251,12 +251,11 @@ def eval_run(run: str | Path, data: str | Path | None = None, split: str = "test
     summary = {"data": str(data), "split": split, "downscale": downscale, "step": trainer.step,
                **result.summary(), "peak_memory_mb": peak_memory_mb()}
     _write_json(out_dir / "metrics.json", summary)
-    if not quiet:
-        for r in result.per_image:
-            print(f"  {r['file']:>20s}  PSNR {r['psnr']:6.2f} dB" + (f"  SSIM {r['ssim']:.4f}" if "ssim" in r else ""))
-        print(f"{split}: mean PSNR {result.mean_psnr:.2f} dB" + (f", SSIM {result.mean_ssim:.4f}" if with_ssim else "")
-              + f" over {len(result.per_image)} images ({summary['render_samples_per_second'] / 1e3:.0f}k "
-              f"samples/s); wrote {out_dir}")
+    for r in result.per_image:
+        print(f"  {r['file']:>20s}  PSNR {r['psnr']:6.2f} dB" + (f"  SSIM {r['ssim']:.4f}" if "ssim" in r else ""))
+    print(f"{split}: mean PSNR {result.mean_psnr:.2f} dB" + (f", SSIM {result.mean_ssim:.4f}" if with_ssim else "")
+          + f" over {len(result.per_image)} images ({summary['render_samples_per_second'] / 1e3:.0f}k "
+          f"samples/s); wrote {out_dir}")
     return summary
 
 

@@ -33,6 +33,7 @@ def fit(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config JSON (instant-ngp's configs/sdf/*.json work as they are)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resolution: int = typer.Option(256, "--resolution", "-r", help="Marching-cubes grid resolution (longest side) for mesh.ply."),
+    iou_resolution: int = typer.Option(128, "--iou-resolution", help="Grid resolution of the IoU in metrics.json."),
     render_width: int = typer.Option(512, "--render-width", help="Width of render.png in pixels."),
     render_height: int = typer.Option(512, "--render-height", help="Height of render.png in pixels."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -43,7 +44,8 @@ def fit(
     start = time.perf_counter()
     try:
         result = fit_sdf(mesh, out, seconds=seconds, steps=steps, config=config, seed=seed, resolution=resolution,
-                         render_size=(render_width, render_height), progress=progress)
+                         render_size=(render_width, render_height), iou_resolution=iou_resolution,
+                         progress=progress)
     except USER_ERRORS as error:
         _fail(error)
     m = result.metrics
@@ -66,23 +68,27 @@ def render(
     azimuth: float = typer.Option(30.0, "--azimuth", help="Camera angle about the up (y) axis, degrees; 0 looks along -z."),
     elevation: float = typer.Option(15.0, "--elevation", help="Camera angle above the horizon, degrees."),
     mode: str = typer.Option("shaded", "--mode", help="shaded | normals"),
+    normals: str = typer.Option("finite_difference", "--normals",
+                                help="finite_difference (instant-ngp's, eps 5e-4) | gradient (autograd through the encoding)"),
 ) -> None:
     """Sphere-trace the learned SDF into a PNG."""
     from ngp.sdf.model import NeuralSDF
-    from ngp.sdf.render import RENDER_MODES, render_sdf, write_png
+    from ngp.sdf.render import NORMALS, RENDER_MODES, render_sdf, write_png
     from ngp.io.files import check_writable_file
 
     start = time.perf_counter()
     try:
         if mode not in RENDER_MODES:
             raise ValueError(f"--mode {mode!r} is not supported; expected one of {RENDER_MODES}")
+        if normals not in NORMALS:
+            raise ValueError(f"--normals {normals!r} is not supported; expected one of {NORMALS}")
         if width < 1 or height < 1:
             raise ValueError(f"--width and --height must be positive, got {width}x{height}")
         if out.suffix.lower() != ".png":
             raise ValueError(f"--out must be a .png file, got {out}")
         sdf = NeuralSDF.from_checkpoint(run)
         check_writable_file(out)
-        write_png(out, render_sdf(sdf, width, height, azimuth, elevation, mode))
+        write_png(out, render_sdf(sdf, width, height, azimuth, elevation, mode, normals=normals))
     except USER_ERRORS as error:
         _fail(error)
     typer.echo(f"wrote {out} ({width}x{height}, {time.perf_counter() - start:.1f} s)")

@@ -47,7 +47,12 @@ def grid_shape(lo: np.ndarray, hi: np.ndarray, resolution: int) -> tuple[int, in
 
 def sdf_grid(sdf, resolution: int, aabb: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate a :class:`~ngp.sdf.model.NeuralSDF` on a grid over ``aabb`` (unit cube; default the
-    model's). Returns ``(values [X, Y, Z] unit-cube distances, lo [3], hi [3])``."""
+    model's). Returns ``(values [X, Y, Z] unit-cube distances, lo [3], hi [3])``.
+
+    Every vertex is evaluated: a narrow band (coarse pass, then full blocks near the surface) was
+    measured slower at 192^3 on the armadillo (15.6 s vs 11.3 s) because a band safe for a learned SDF
+    (not quite 1-Lipschitz) covers most of the box, and it changed two signs on the bunny.
+    """
     box = (sdf.aabb.cpu().numpy() if aabb is None else np.asarray(aabb)).astype(np.float64)
     shape = grid_shape(box[0], box[1], resolution)
     values = evaluate_chunked(sdf.unit_sdf, grid_points(box[0], box[1], shape))
