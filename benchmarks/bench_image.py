@@ -65,7 +65,8 @@ def main() -> int:
         return 0
     config = image_config(args.config) if args.config else {}
     if args.log2_hashmap_size is not None:
-        config = image_config({**config, "encoding": {**config.get("encoding", {}), "log2_hashmap_size": args.log2_hashmap_size}})
+        encoding = {**config.get("encoding", {}), "log2_hashmap_size": args.log2_hashmap_size}
+        config = image_config({**config, "encoding": encoding})
     if args.learning_rate is not None:
         config = image_config(config)
         _innermost(config["optimizer"])["learning_rate"] = args.learning_rate

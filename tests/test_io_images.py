@@ -45,7 +45,10 @@ def test_jpeg_round_trip_stays_uint8_and_close(tmp_path):
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 def test_tiff_keeps_16_bit_and_float(tmp_path, dtype):
     rng = np.random.default_rng(1)
-    array = rng.integers(0, 65536, (9, 11, 3)).astype(dtype) if dtype == np.uint16 else rng.random((9, 11, 3), dtype=dtype)
+    if dtype == np.uint16:
+        array = rng.integers(0, 65536, (9, 11, 3)).astype(dtype)
+    else:
+        array = rng.random((9, 11, 3), dtype=dtype)
     write_image(tmp_path / "a.tif", array)
     image = read_image(tmp_path / "a.tif")
     assert image.array.dtype == dtype

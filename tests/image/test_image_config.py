@@ -19,18 +19,21 @@ def test_shipped_base_json_equals_the_defaults():
 
 
 def test_partial_config_is_merged_over_defaults():
-    cfg = image_config({"encoding": {"log2_hashmap_size": 12}, "optimizer": {"nested": {"nested": {"learning_rate": 0.05}}}})
+    given = {"encoding": {"log2_hashmap_size": 12}, "optimizer": {"nested": {"nested": {"learning_rate": 0.05}}}}
+    cfg = image_config(given)
     assert cfg["encoding"]["log2_hashmap_size"] == 12 and cfg["encoding"]["n_levels"] == "auto"
     adam = cfg["optimizer"]["nested"]["nested"]
     assert adam["learning_rate"] == 0.05 and adam["epsilon"] == 1e-15
     assert cfg["optimizer"]["decay"] == 0.95 and cfg["optimizer"]["nested"]["decay_start"] == 20000
     # instant-ngp's own base.json (ExponentialDecay at the top) replaces the default optimizer whole.
-    ported = image_config({"optimizer": {"otype": "ExponentialDecay", "decay_start": 20000, "nested": {"otype": "Adam"}}})
-    assert ported["optimizer"] == {"otype": "ExponentialDecay", "decay_start": 20000, "nested": {"otype": "Adam"}}
+    optimizer = {"otype": "ExponentialDecay", "decay_start": 20000, "nested": {"otype": "Adam"}}
+    assert image_config({"optimizer": optimizer})["optimizer"] == optimizer
 
 
 def test_component_with_another_otype_replaces_the_default():
-    cfg = image_config({"optimizer": {"otype": "Adam", "learning_rate": 0.02}, "encoding": {"otype": "Frequency", "n_frequencies": 4}})
+    cfg = image_config(
+        {"optimizer": {"otype": "Adam", "learning_rate": 0.02}, "encoding": {"otype": "Frequency", "n_frequencies": 4}}
+    )
     assert cfg["optimizer"] == {"otype": "Adam", "learning_rate": 0.02}
     model = build_image_model(cfg, 3)
     assert model(torch.rand(5, 2)).shape == (5, 3)
@@ -52,7 +55,10 @@ def test_component_must_be_an_object():
         image_config({"loss": "L2"})
 
 
-@pytest.mark.parametrize("size, levels", [((1024, 1024), 8), ((512, 300), 7), ((64, 64), 4), ((8, 4), 1), ((56000, 20000), 14), ((10**7, 1), 16)])
+@pytest.mark.parametrize(
+    "size, levels",
+    [((1024, 1024), 8), ((512, 300), 7), ((64, 64), 4), ((8, 4), 1), ((56000, 20000), 14), ((10**7, 1), 16)],
+)
 def test_auto_levels_reach_twice_the_longer_side(size, levels):
     cfg = resolve_for_image(image_config(), *size)
     assert cfg["encoding"]["n_levels"] == levels
@@ -66,6 +72,7 @@ def test_auto_must_be_resolved_and_explicit_levels_are_kept():
         build_image_model(image_config(), 3)
     cfg = resolve_for_image(image_config({"encoding": {"n_levels": 12, "per_level_scale": 1.5}}), 1024, 1024)
     assert cfg["encoding"]["n_levels"] == 12
-    assert resolve_for_image(image_config({"encoding": {"per_level_scale": 1.5}}), 1024, 1024)["encoding"]["n_levels"] == 13
+    finer = resolve_for_image(image_config({"encoding": {"per_level_scale": 1.5}}), 1024, 1024)
+    assert finer["encoding"]["n_levels"] == 13
     cfg = image_config({"encoding": {"n_levels": 8, "finest_resolution": 2048}})
     assert build_image_model(cfg, 3).encoding.layout.resolutions[-1] == 2048

@@ -69,10 +69,10 @@ def test_cli_fit_writes_every_file_and_render_resizes(crop_png, tmp_path, small_
     # Rendering at the training size reproduces the reconstruction; other sizes are honoured.
     same = render_image(out / "checkpoint", 64, 64, display=True)
     assert np.abs(same.astype(int) - read_image(out / "reconstruction.png").array).max() <= 1
-    result, output = invoke("image", "render", out / "checkpoint", "--width", 40, "--height", 24, "--out", tmp_path / "r.png")
+    result, output = invoke("image", "render", out / "checkpoint", "-W", 40, "-H", 24, "--out", tmp_path / "r.png")
     assert result.exit_code == 0, output
     assert read_image(tmp_path / "r.png").shape == (24, 40, 3)
-    result, output = invoke("image", "render", out / "checkpoint", "--width", 8, "--height", 6, "--out", tmp_path / "r.exr")
+    result, output = invoke("image", "render", out / "checkpoint", "-W", 8, "-H", 6, "-o", tmp_path / "r.exr")
     assert result.exit_code == 0, output
     exr = read_image(tmp_path / "r.exr")
     assert exr.shape == (6, 8, 3) and exr.array.dtype == np.float32 and exr.linear
@@ -134,13 +134,14 @@ def test_unwritable_output_folder(crop_png, tmp_path, small_config):
 
 def test_unknown_config_key_is_named(crop_png, tmp_path):
     (tmp_path / "bad.json").write_text('{"encoding": {"log2_hashmap_sise": 12}}')
-    result, output = invoke("image", "fit", crop_png, "--out", tmp_path / "run", "--steps", 1, "--config", tmp_path / "bad.json")
+    bad = tmp_path / "bad.json"
+    result, output = invoke("image", "fit", crop_png, "--out", tmp_path / "run", "--steps", 1, "--config", bad)
     assert_clean_failure(result, output, "log2_hashmap_sise")
     assert not (tmp_path / "run").exists()
 
 
 def test_bad_render_requests(crop_png, tmp_path):
-    result, output = invoke("image", "render", tmp_path / "nothing", "--width", 4, "--height", 4, "--out", tmp_path / "a.png")
+    result, output = invoke("image", "render", tmp_path / "nothing", "-W", 4, "-H", 4, "--out", tmp_path / "a.png")
     assert_clean_failure(result, output, "nothing")
     result, output = invoke("image", "render", tmp_path, "--width", 0, "--height", 4, "--out", tmp_path / "a.png")
     assert_clean_failure(result, output, "width")

@@ -148,3 +148,21 @@ def test_mesh_of_a_ball_faces_outwards_in_dataset_coordinates():
     assert abs(distances.mean().item() - radius) < 0.02 * radius / 0.33
     assert mesh.is_watertight and mesh.volume > 0  # outward-facing triangles
     assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+
+
+def test_large_scenes_start_with_every_seen_cell_occupied(scene, tmp_path):
+    """aabb_scale > 1: cascades, cone-angle steps and instant-ngp's mark_untrained; the first steps
+    must still get samples (an empty grid before the first update would give none)."""
+    import shutil
+
+    big = tmp_path / "big"
+    shutil.copytree(scene, big)
+    meta = json.loads((big / "transforms_train.json").read_text())
+    (big / "transforms_train.json").write_text(json.dumps({**meta, "aabb_scale": 2}))
+    dataset = load_dataset(big)
+    trainer = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
+    assert trainer.grid.n_cascades == 2 and trainer.renderer.settings.cone_angle > 0
+    assert trainer.grid.occupancy_fraction > 0.2
+    stats = [trainer.train_step() for _ in range(3)]
+    assert all(s.n_samples > 0 for s in stats)
+    assert trainer.n_rays <= trainer.settings.max_rays and all(s.n_samples < 64 * 4096 for s in stats)

@@ -43,7 +43,7 @@ def fit(
                                           "over the defaults."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights and samples)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per step "
-                                             "[default: 2^15 = 32768]."),
+                                             "(default 32768 = 2^15)."),
     keep_alpha: bool = typer.Option(False, "--keep-alpha", help="Learn the alpha channel too."),
 ) -> None:
     """Fit IMAGE and write the run folder.

@@ -94,7 +94,8 @@ def _merge(default: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, An
         return copy.deepcopy(dict(given))
     out = copy.deepcopy(dict(default))
     for key, value in given.items():
-        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        both_objects = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merge(out[key], value) if both_objects else value
     return out
 
 

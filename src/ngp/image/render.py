@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ngp.image.data import pixel_centres
 from ngp.image.model import build_image_model
@@ -45,6 +46,7 @@ def render_image(
     height: int,
     display: bool = False,
     chunk: int = RENDER_CHUNK,
+    progress: bool = False,
 ) -> np.ndarray:
     """Evaluate a fitted image model at the pixel centres of a ``width x height`` grid.
 
@@ -64,7 +66,8 @@ def render_image(
     out = np.empty((height, width, channels), dtype=np.uint8 if display else np.float32)
     rows_per_chunk = max(1, chunk // width)
     with torch.inference_mode():
-        for start in range(0, height, rows_per_chunk):
+        starts = range(0, height, rows_per_chunk)
+        for start in tqdm(starts, desc="rendering", unit="chunk", disable=not progress or len(starts) < 16, leave=False):
             stop = min(start + rows_per_chunk, height)
             values = model(pixel_centres(width, height, start, stop)).float()
             if display:
@@ -80,20 +83,22 @@ def _check_size(width: int, height: int) -> None:
             raise ValueError(f"render {name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
 
 
-def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | Path) -> Path:
+def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | Path, progress: bool = True) -> Path:
     """Render and write ``out``: PNG/JPEG as 8-bit sRGB; EXR as linear float (a model fitted to an
     sRGB image is linearised); TIFF as the raw float32 values. Checks ``out`` before rendering."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in READ_EXTENSIONS:
-        raise ValueError(f"unsupported output format {suffix or '(no extension)'!r} for {out}; supported: {supported_formats()}")
+        raise ValueError(
+            f"unsupported output format {suffix or '(no extension)'!r} for {out}; supported: {supported_formats()}"
+        )
     _check_size(width, height)
     check_writable_file(out)
     loaded = load_image_model(checkpoint)
     if READ_EXTENSIONS[suffix] in ("PNG", "JPEG"):
-        write_image(out, render_image(loaded, width, height, display=True))
+        write_image(out, render_image(loaded, width, height, display=True, progress=progress))
     else:
-        values = render_image(loaded, width, height)
+        values = render_image(loaded, width, height, progress=progress)
         if suffix == ".exr" and not loaded[1]["image"].get("linear", False):
             values = srgb_to_linear(values).astype(np.float32)
         write_image(out, values)

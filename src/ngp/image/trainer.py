@@ -61,8 +61,8 @@ def fit_image(
 
     Example:
         >>> metrics = fit_image("builtin:astronaut", "runs/astronaut", seconds=60)
-        >>> metrics["psnr"], metrics["steps"]
-        (31.4, 1840)
+        >>> metrics["psnr"], metrics["steps"]  # on 2 busy CPU cores
+        (41.96, 1959)
     """
     _check_budget(seconds, steps, batch_size)
     cfg = image_config(config)
@@ -77,7 +77,7 @@ def fit_image(
     target = ImageTarget(image)
     history = _train(model, optimizer, loss_fn, target, seconds, steps, batch_size, seed, progress)
     with optimizer.averaged_weights():
-        psnr, display, values = evaluate(model, target, image.linear, keep_values=image.is_float)
+        psnr, display, values = evaluate(model, target, image.linear, keep_values=image.is_float, progress=progress)
         save_checkpoint(out / "checkpoint", model.state_dict(), _checkpoint_config(cfg, image, history["steps"]))
 
     write_image(out / "reconstruction.png", display)
@@ -158,7 +158,7 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False):
+def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False, progress: bool = False):
     """The model at every pixel centre, in row chunks -> ``(psnr, display uint8 [H, W, C], values)``.
 
     ``display`` is what ``reconstruction.png`` shows (sRGB-encoded if the data is ``linear``);
@@ -168,7 +168,9 @@ def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False
     display = np.empty((h, w, c), dtype=np.uint8)
     values = np.empty((h, w, c), dtype=np.float32) if keep_values else None
     squared_error = 0.0
-    for rows in target.row_chunks(EVAL_CHUNK):
+    chunks = list(target.row_chunks(EVAL_CHUNK))
+    # A bar only where evaluation takes a while (about 4M pixels and up).
+    for rows in tqdm(chunks, desc="evaluating", unit="chunk", disable=not progress or len(chunks) < 16, leave=False):
         prediction = model(target.pixel_centres(rows)).float()
         clipped = prediction.clamp(0.0, 1.0)
         squared_error += (clipped - target.pixels(rows).clamp_(0.0, 1.0)).square().sum(dtype=torch.float64).item()
@@ -193,7 +195,9 @@ def linear_values(values: np.ndarray) -> np.ndarray:
 def _checkpoint_config(cfg: Mapping[str, Any], image: ImageData, steps: int) -> dict[str, Any]:
     return {
         "primitive": "image",
-        "model": {"n_input_dims": 2, "n_output_dims": image.channels, "encoding": cfg["encoding"], "network": cfg["network"]},
+        "model": {
+            "n_input_dims": 2, "n_output_dims": image.channels, "encoding": cfg["encoding"], "network": cfg["network"],
+        },
         "config": cfg,
         "image": _image_info(image),
         "steps": steps,
@@ -237,6 +241,8 @@ def write_training_plot(path: Path, history: Mapping[str, Any], final_psnr: floa
     ax_loss.semilogy(steps, history["loss"], linewidth=0.8)
     ax_loss.set(xlabel="step", ylabel="training loss (batch)", title="loss")
     psnr = -10.0 * np.log10(np.maximum(np.asarray(history["mse"]), 1e-12))
+    # Batch targets are bilinear blends of pixels (smoother than the pixels), so the batch PSNR runs
+    # above the full-image PSNR at pixel centres.
     ax_psnr.plot(steps, psnr, linewidth=0.5, alpha=0.4, label="batch")
     ax_psnr.plot(steps, _smooth(psnr), linewidth=1.2, label="batch, smoothed")
     if math.isfinite(final_psnr):

@@ -59,12 +59,14 @@ class RenderSettings:
 @dataclass
 class RenderResult:
     """Per ray: ``color [R, 3]``, ``opacity [R]``, ``depth [R]`` (expected distance, unnormalised);
-    ``n_samples``: how many samples the field evaluated (with gradients, when training)."""
+    ``n_samples``: how many samples the field evaluated (with gradients, when training);
+    ``n_marched``: how many the marcher produced (before compaction)."""
 
     color: torch.Tensor
     opacity: torch.Tensor
     depth: torch.Tensor
     n_samples: int
+    n_marched: int = 0
 
 
 def transmittance_before(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
@@ -129,16 +131,17 @@ class Renderer:
         """
         n_rays = origins.shape[0]
         samples = self.march(origins, directions, generator)
-        if compact and samples.positions.shape[0]:
-            with torch.no_grad():
-                sigmas = self.field.density(samples.positions)
+        n_marched = samples.n_samples
+        if compact and n_marched:
+            with torch.no_grad():  # in chunks: memory stays bounded however many samples were marched
+                sigmas = torch.cat([self.field.density(p) for p in samples.positions.split(1 << 18)])
                 trans = transmittance_before(sigmas, samples.t_starts, samples.t_ends,
                                              samples.ray_offsets, samples.ray_indices)
             samples = _front_samples(samples, trans > self.settings.transmittance_threshold, n_rays)
         sigmas, rgbs = self.field(samples.positions, directions, samples.ray_indices)
         out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
                         samples.ray_offsets, background, self.settings.transmittance_threshold)
-        return RenderResult(out.color, out.opacity, out.depth, int(samples.positions.shape[0]))
+        return RenderResult(out.color, out.opacity, out.depth, int(samples.positions.shape[0]), n_marched)
 
     @torch.inference_mode()
     def render_rays_inference(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,

@@ -57,7 +57,7 @@ class TrainSettings:
 
     target_samples: int = 1 << 16
     initial_rays: int = 1 << 12
-    min_rays: int = 1 << 8
+    min_rays: int = 1 << 7
     max_rays: int = 1 << 16
     grid_resolution: int = 128
     grid_threshold: float = 0.01
@@ -144,6 +144,10 @@ class NerfTrainer:
             # cells no camera sees stay empty (instant-ngp's mark_untrained); NeRF-synthetic
             # cameras surround the unit cube, where this would cost seconds and change nothing
             self.grid.mark_untrained(dataset.cameras)
+            # mark_untrained also thresholds the (still zero) densities, which empties the grid;
+            # until the first update, every cell some camera sees stays occupied
+            with torch.no_grad():
+                self.grid.occupied.copy_(self.grid.valid & (self.grid.density >= 0))
         self.renderer = Renderer(self.field, self.grid, RenderSettings.for_scene(aabb_scale))
         self.optimizer = build_optimizer(self.config["optimizer"], self.field)
         self.loss_fn = build_loss(self.config["loss"])
@@ -202,14 +206,20 @@ class NerfTrainer:
         mse = (out.color.detach() - target).square().mean().item()
         stats = StepStats(self.step, loss.item(), -10.0 * math.log10(max(mse, 1e-10)), self.n_rays,
                           out.n_samples, time.perf_counter() - start)
-        self._adapt_batch(out.n_samples)
+        self._adapt_batch(out.n_samples, out.n_marched)
         self.step += 1
         return stats
 
-    def _adapt_batch(self, measured_samples: int) -> None:
-        """instant-ngp's rule: scale the ray count so the next batch has about ``target_samples``."""
+    def _adapt_batch(self, measured_samples: int, marched_samples: int | None = None) -> None:
+        """instant-ngp's rule: scale the ray count so the next batch has about ``target_samples``
+        (after compaction). The samples marched before compaction are held to 16x that, which bounds
+        memory when most samples lie behind surfaces or nothing is occupied yet."""
         s = self.settings
+        if measured_samples == 0 and not marched_samples:
+            return  # nothing to learn from (e.g. rays all missed): keep the ray count
         wanted = self.n_rays * s.target_samples / max(measured_samples, 1)
+        if marched_samples:
+            wanted = min(wanted, self.n_rays * 16 * s.target_samples / marched_samples)
         self.n_rays = int(min(max(round(wanted / 128) * 128, s.min_rays), s.max_rays))
 
     def train(self, steps: int | None = None, seconds: float | None = None, progress: bool = True,
