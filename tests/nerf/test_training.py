@@ -166,3 +166,35 @@ def test_large_scenes_start_with_every_seen_cell_occupied(scene, tmp_path):
     stats = [trainer.train_step() for _ in range(3)]
     assert all(s.n_samples > 0 for s in stats)
     assert trainer.n_rays <= trainer.settings.max_rays and all(s.n_samples < 64 * 4096 for s in stats)
+
+
+def test_orbit_circles_surrounding_cameras_and_sweeps_a_frontal_arc():
+    import math
+
+    from ngp.nerf.video import orbit_poses
+
+    aabb = torch.tensor([[0.0] * 3, [1.0] * 3])
+
+    def cameras(azimuths):
+        poses = []
+        for a in azimuths:  # cameras on a circle of radius 2 around (0.5, 0.5, 0.5), y up, looking in
+            pos = torch.tensor([0.5 + 2 * math.cos(a), 0.8, 0.5 + 2 * math.sin(a)])
+            fwd = torch.nn.functional.normalize(torch.tensor([0.5, 0.5, 0.5]) - pos, dim=0)
+            right = torch.nn.functional.normalize(torch.linalg.cross(fwd, torch.tensor([0.0, 1.0, 0.0])), dim=0)
+            poses.append(torch.stack([right, torch.linalg.cross(right, fwd), -fwd, pos], dim=1))
+        return torch.stack(poses)
+
+    def azimuths(poses):
+        rel = poses[:, :, 3] - 0.5
+        return torch.atan2(rel[:, 2], rel[:, 0])
+
+    surround = orbit_poses(cameras(torch.linspace(0, 2 * math.pi, 13)[:-1].tolist()), 8, aabb)
+    look = torch.nn.functional.normalize(torch.tensor([0.5, 0.5, 0.5]) - surround[:, :, 3], dim=-1)
+    torch.testing.assert_close(-surround[:, :, 2], look, atol=1e-4, rtol=0)  # every frame looks at the centre
+    spread = azimuths(surround)
+    assert spread.max() - spread.min() > 1.5 * math.pi  # a full turn
+
+    frontal = orbit_poses(cameras([-0.4, 0.0, 0.3, 0.5]), 12, aabb)
+    a = azimuths(frontal)
+    assert a.min() > -0.45 and a.max() < 0.55  # never behind the captured side
+    assert abs(a[0].item() - (-0.4)) < 1e-3  # starts at the first training camera

@@ -54,7 +54,8 @@ def orbit_poses(c2w: torch.Tensor, n_frames: int, aabb: torch.Tensor) -> torch.T
 
     Args:
         c2w: ``[n, 3, 4]`` training cameras (OpenGL axes, see :mod:`ngp.nerf.cameras`).
-        n_frames: poses on one full turn, starting at the first training camera's azimuth.
+        n_frames: poses on one full turn (or one sweep over the cameras' arc, see
+            :func:`_orbit_angles`), starting at the first training camera's azimuth.
         aabb: ``[2, 3]`` scene box (fallback centre).
     """
     if n_frames < 1:
@@ -68,15 +69,35 @@ def orbit_poses(c2w: torch.Tensor, n_frames: int, aabb: torch.Tensor) -> torch.T
     radius = float(planar.norm(dim=-1).mean())
     e1 = _normalize(planar[0] if planar[0].norm() > 1e-6 else torch.linalg.svd(up[None])[2][1])
     e2 = torch.linalg.cross(up, e1)
+    angles = _orbit_angles(torch.atan2(planar @ e2, planar @ e1), n_frames)
     poses = []
-    for i in range(n_frames):
-        angle = 2 * math.pi * i / n_frames
+    for angle in angles.tolist():
         position = center + height * up + radius * (math.cos(angle) * e1 + math.sin(angle) * e2)
         forward = _normalize(center - position)
         right = _normalize(torch.linalg.cross(forward, up))
         cam_up = torch.linalg.cross(right, forward)
         poses.append(torch.stack([right, cam_up, -forward, position], dim=1))
     return torch.stack(poses)
+
+
+def _orbit_angles(camera_angles: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """Azimuths of the video's frames: a full turn when the training cameras surround the scene;
+    otherwise (a gap of more than 90 degrees between neighbouring cameras, e.g. a frontal capture)
+    a smooth sweep back and forth over the arc they cover, so the video never looks at unseen sides.
+    The first frame is at the first training camera's azimuth."""
+    first = float(camera_angles[0])
+    a = torch.sort(torch.remainder(camera_angles - first, 2 * math.pi)).values
+    gaps = torch.diff(torch.cat([a, a[:1] + 2 * math.pi]))
+    k = int(gaps.argmax())
+    if float(gaps[k]) <= math.pi / 2:
+        return first + 2 * math.pi * torch.arange(n_frames, dtype=torch.float64) / n_frames
+    start = float(a[(k + 1) % len(a)])  # the covered arc runs from after the gap to before it
+    length = float(2 * math.pi - gaps[k])
+    mid, half = start + length / 2, length / 2
+    first_in_arc = start + (-start) % (2 * math.pi)  # the first camera (relative azimuth 0) on the arc
+    phase0 = math.asin(max(-1.0, min(1.0, (first_in_arc - mid) / max(half, 1e-9))))
+    phase = phase0 + 2 * math.pi * torch.arange(n_frames, dtype=torch.float64) / n_frames
+    return first + mid + half * torch.sin(phase)
 
 
 def depth_to_image(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
