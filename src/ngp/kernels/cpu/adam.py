@@ -25,7 +25,7 @@ def _adam_dense(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, 
 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
-def _adam_sparse(param, grad, exp_avg, exp_avg_sq, param_steps, lr, beta1, beta2, eps, l2_reg):
+def _adam_sparse(param, grad, exp_avg, exp_avg_sq, param_steps, step_sizes, beta1, beta2, eps, l2_reg):
     for i in nb.prange(param.shape[0]):
         g = grad[i]
         if g == 0.0:  # untouched table entry: no update, no moment decay, no step (tiny-cuda-nn)
@@ -37,8 +37,7 @@ def _adam_sparse(param, grad, exp_avg, exp_avg_sq, param_steps, lr, beta1, beta2
         exp_avg_sq[i] = v
         step = param_steps[i] + 1
         param_steps[i] = step
-        step_size = lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-        param[i] -= step_size * m / (math.sqrt(v) + eps)
+        param[i] -= step_sizes[step] * m / (math.sqrt(v) + eps)
 
 
 def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2_reg, param_steps=None) -> None:
@@ -48,7 +47,12 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         _adam_dense(*views, np.float64(step_size), beta1, beta2, eps, l2_reg)
     else:
-        _adam_sparse(*views, param_steps.view(-1).numpy(), np.float64(lr), beta1, beta2, eps, l2_reg)
+        # Bias-corrected step sizes for every count an entry can have (<= the global step): a table
+        # lookup instead of two powers per entry, which cost ~9x the rest of the update.
+        counts = np.arange(step + 1, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step_sizes = lr * np.sqrt(1.0 - beta2**counts) / (1.0 - beta1**counts)
+        _adam_sparse(*views, param_steps.view(-1).numpy(), step_sizes, beta1, beta2, eps, l2_reg)
 
 
 def supports(*tensors: torch.Tensor) -> bool:
