@@ -42,6 +42,9 @@ def test_round_trip_restores_model_and_optimizer(tmp_path):
     for key in state:
         assert torch.equal(state[key]["exp_avg_sq"], state2[key]["exp_avg_sq"])
         assert state[key]["step"] == state2[key]["step"]
+        if "param_steps" in state[key]:  # the table's per-entry step counts survive a resume
+            assert torch.equal(state[key]["param_steps"], state2[key]["param_steps"])
+    assert any("param_steps" in entry for entry in state2.values())
 
 
 def test_checkpoint_holds_no_pickle(tmp_path):
