@@ -44,6 +44,7 @@ def test_round_trip_restores_model_and_optimizer(tmp_path):
         assert state[key]["step"] == state2[key]["step"]
         if "param_steps" in state[key]:  # the table's per-entry step counts survive a resume
             assert torch.equal(state[key]["param_steps"], state2[key]["param_steps"])
+            assert state2[key]["param_steps"].dtype == torch.int32
     assert any("param_steps" in entry for entry in state2.values())
 
 

@@ -132,6 +132,13 @@ class Adam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, l2_reg=l2_reg, skip_zero_grads=skip_zero_grads, lr_factor=1.0)
         super().__init__(params, defaults)
 
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts every loaded state tensor to its parameter's dtype; step counts must stay integers
+        for state in self.state.values():
+            if "param_steps" in state:
+                state["param_steps"] = state["param_steps"].round().to(torch.int32)
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
