@@ -11,7 +11,6 @@ Run: ``pytest tests/test_triton_kernels.py`` (needs ``pip install 'ngp[gpu]'``, 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -26,16 +25,7 @@ from ngp.kernels.triton import interpreting, kernels_for_mode  # noqa: E402
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def triton_interpreter():
-    """TRITON_INTERPRET=1 for this module's tests only (CPU tensors run in the interpreter)."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+pytestmark = pytest.mark.usefixtures("triton_interpreter")  # tests/conftest.py
 
 
 def make_case(d, *, hashed=True, n_levels=4, n_features=2, n_points=40, seed=0, dtype=torch.float32,

@@ -10,7 +10,6 @@ Run: ``pytest tests/nerf/test_triton_nerf.py`` (needs ``pip install 'ngp[gpu]'``
 from __future__ import annotations
 
 import math
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -26,15 +25,7 @@ from ngp.ops import nerf as ops  # noqa: E402
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def triton_interpreter():
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    yield
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
+pytestmark = pytest.mark.usefixtures("triton_interpreter")  # tests/conftest.py
 
 
 def scene(n_rays=48, seed=0, dtype=torch.float32, resolution=8, n_cascades=2, density=0.35, device="cpu"):
