@@ -75,7 +75,11 @@ class Network(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"Network expects input of shape [N, {self.n_input_dims}], got {list(x.shape)}")
-        return self.layers(x)
+        if not torch.is_autocast_enabled(x.device.type):
+            return self.layers(x)
+        # Under autocast (mixed precision) the matrix products run in float16; the output activation
+        # and whatever follows (exp of a log-density, losses) must not: exp overflows float16 at 11.
+        return self.layers[-1](self.layers[:-1](x).float())
 
 
 class NetworkWithInputEncoding(nn.Module):

@@ -198,3 +198,22 @@ def test_orbit_circles_surrounding_cameras_and_sweeps_a_frontal_arc():
     a = azimuths(frontal)
     assert a.min() > -0.45 and a.max() < 0.55  # never behind the captured side
     assert abs(a[0].item() - (-0.4)) < 1e-3  # starts at the first training camera
+
+
+def test_float16_mixed_precision_trains_and_resumes(scene, tmp_path):
+    # the GPU default (autocast + loss scaling) run on the CPU: the loss falls as in float32, the
+    # parameters stay float32, and the loss scale survives a checkpoint
+    dataset = load_dataset(scene)
+    trainer = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS), device="cpu", precision="float16")
+    trainer.train(steps=60, progress=False)
+    losses = trainer.history.loss
+    assert all(map(lambda v: v == v, losses))  # no NaN
+    assert sum(losses[-10:]) < 0.6 * sum(losses[:10])
+    assert all(p.dtype == torch.float32 for p in trainer.field.parameters())
+    assert trainer.amp.skipped_steps < 5
+    trainer.amp.scaler.update(new_scale=32.0)
+    trainer.save(tmp_path / "ckpt")
+    resumed, meta = NerfTrainer.from_checkpoint(tmp_path / "ckpt", dataset, device="cpu", precision="float16")
+    assert resumed.amp.loss_scale == 32.0 and meta["mixed_precision"]["scaler"]["scale"] == 32.0
+    resumed.train(steps=2, progress=False)
+    assert resumed.step == 62

@@ -33,6 +33,17 @@ def test_fit_box_reaches_iou_in_fixed_steps(box_mesh):
     assert before < 0.5 < 0.93 < after
 
 
+def test_fit_in_float16_mixed_precision(box_mesh):
+    # the GPU default (autocast + loss scaling), run on the CPU
+    trainer = SDFTrainer(Mesh(box_mesh.vertices, box_mesh.faces), SMALL_CONFIG, seed=0, device="cpu",
+                         precision="float16")
+    trainer.train(steps=60, progress=False)
+    assert trainer.amp.precision == "float16" and trainer.amp.skipped_steps < 5
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    with trainer.optimizer.averaged_weights():
+        assert grid_iou(trainer.model, trainer.gt, 48) > 0.9
+
+
 def test_fit_is_reproducible(box_mesh):
     losses = []
     for _ in range(2):

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ngp.io.images import BUILTIN_IMAGES
+from ngp.training import DEVICE_HELP, PRECISION_HELP
 
 app = typer.Typer(
     help="Fit an image with a multiresolution hash encoding, and render the fitted model at any size.",
@@ -43,20 +44,22 @@ def fit(
                                           "over the defaults."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights and samples)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per step "
-                                             "(default 32768 = 2^15)."),
+                                             "(default 2^15 = 32768 on a CPU, 2^18 on a GPU)."),
     keep_alpha: bool = typer.Option(False, "--keep-alpha", help="Learn the alpha channel too."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Fit IMAGE and write the run folder.
 
     Example: ngp image fit builtin:astronaut --out runs/astronaut --seconds 60
     """
-    from ngp.image.trainer import DEFAULT_BATCH_SIZE, fit_image
+    from ngp.image.trainer import fit_image
 
     if seconds is None and steps is None:
         seconds = 60.0
     try:
         fit_image(image, out, seconds=seconds, steps=steps, config=config, seed=seed,
-                  batch_size=DEFAULT_BATCH_SIZE if batch_size is None else batch_size, keep_alpha=keep_alpha)
+                  batch_size=batch_size, keep_alpha=keep_alpha, device=device, precision=precision)
     except USER_ERRORS as error:
         _fail(error)
 
@@ -68,12 +71,13 @@ def render(
     height: int = typer.Option(..., "--height", "-H", help="Output height in pixels.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .png/.jpg (8-bit sRGB), .exr (linear "
                              "float) or .tif (raw float).", show_default=False),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Render a fitted image model at WIDTH x HEIGHT (any size: the model is continuous)."""
     from ngp.image.render import render_to_file
 
     try:
-        path = render_to_file(checkpoint, width, height, out)
+        path = render_to_file(checkpoint, width, height, out, device=device)
     except USER_ERRORS as error:
         _fail(error)
     typer.echo(f"rendered {width}x{height} -> {path}")

@@ -35,7 +35,7 @@ class ImageTarget:
         (torch.Size([4096, 2]), torch.Size([4096, 3]), torch.float32)
     """
 
-    def __init__(self, image: ImageData | np.ndarray):
+    def __init__(self, image: ImageData | np.ndarray, device: torch.device | str = "cpu"):
         array = image.array if isinstance(image, ImageData) else np.asarray(image)
         if array.ndim == 2:
             array = array[:, :, None]
@@ -48,7 +48,8 @@ class ImageTarget:
             # repeated (only such degenerate images are ever copied).
             array = np.pad(array, ((0, self.height < 2), (0, self.width < 2), (0, 0)), mode="edge")
         #: Zero-copy view ``[H, W, C]`` of the stored samples, in their own type.
-        self.stored = torch.from_numpy(np.ascontiguousarray(array))
+        self.stored = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        self.device = self.stored.device
         stored_h, self._stride, c = self.stored.shape
         # Overlapping view: row k holds pixels k and k + 1 of the row-major image, so one gather
         # fetches both horizontal neighbours (fewer, more local random reads than four gathers).
@@ -59,17 +60,20 @@ class ImageTarget:
         return self.height * self.width
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` uniform random positions -> ``(xy [n, 2] in [0, 1)^2, values [n, C] float32)``."""
+        """``n`` uniform random positions -> ``(xy [n, 2] in [0, 1)^2, values [n, C] float32)``, on
+        the target's device (drawn on the generator's device, then moved if they differ)."""
         if n < 1:
             raise ValueError(f"sample size must be positive, got {n}")
-        xy = torch.rand(n, 2, generator=generator)
+        xy = torch.rand(n, 2, generator=generator, device=generator.device if generator is not None else self.device)
+        xy = xy.to(self.device)
         return xy, self.interpolate(xy)
 
     def interpolate(self, xy: torch.Tensor) -> torch.Tensor:
         """Bilinear interpolation between pixel centres: ``[n, 2]`` positions -> ``[n, C]`` float32."""
         if xy.dim() != 2 or xy.shape[1] != 2:
             raise ValueError(f"positions must have shape [n, 2], got {list(xy.shape)}")
-        out = torch.empty(xy.shape[0], self.channels, dtype=torch.float32)
+        xy = xy.to(self.device)
+        out = torch.empty(xy.shape[0], self.channels, dtype=torch.float32, device=self.device)
         for start in range(0, xy.shape[0], CHUNK):
             self._interpolate_chunk(xy[start : start + CHUNK], out[start : start + CHUNK])
         return out
@@ -97,7 +101,7 @@ class ImageTarget:
     def pixel_centres(self, rows: slice) -> torch.Tensor:
         """Positions of the pixel centres of ``rows`` (row-major): ``[n_rows * W, 2]`` float32."""
         start, stop, _ = rows.indices(self.height)
-        return pixel_centres(self.width, self.height, start, stop)
+        return pixel_centres(self.width, self.height, start, stop).to(self.device)
 
     def pixels(self, rows: slice) -> torch.Tensor:
         """The stored pixels of ``rows`` as float32 ``[n_rows * W, C]`` (row-major)."""

@@ -19,6 +19,7 @@ from ngp.image.model import build_image_model
 from ngp.io.checkpoints import load_checkpoint
 from ngp.io.files import check_writable_file
 from ngp.io.images import READ_EXTENSIONS, linear_to_srgb, srgb_to_linear, supported_formats, write_image
+from ngp.training import resolve_device
 
 #: Pixels evaluated per chunk.
 RENDER_CHUNK = 1 << 18
@@ -26,8 +27,8 @@ RENDER_CHUNK = 1 << 18
 MAX_SIDE = 1 << 17
 
 
-def load_image_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by ``ngp image fit`` -> ``(model in eval mode, checkpoint config)``."""
+def load_image_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by ``ngp image fit`` on ``device`` -> ``(model in eval mode, checkpoint config)``."""
     tensors, config = load_checkpoint(checkpoint)
     if config.get("primitive") != "image" or "model" not in config or "image" not in config:
         raise ValueError(f"{checkpoint} is not an image checkpoint (written by `ngp image fit`)")
@@ -37,7 +38,7 @@ def load_image_model(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str,
         model.load_state_dict(tensors)
     except RuntimeError as error:
         raise ValueError(f"checkpoint {checkpoint} does not match its config: {error}") from None
-    return model.eval(), config
+    return model.to(resolve_device(device)).eval(), config
 
 
 def render_image(
@@ -63,17 +64,18 @@ def render_image(
     model, config = load_image_model(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
     linear = bool(config["image"].get("linear", False))
     channels = model.n_output_dims
+    device = next(model.parameters()).device
     out = np.empty((height, width, channels), dtype=np.uint8 if display else np.float32)
     rows_per_chunk = max(1, chunk // width)
     with torch.inference_mode():
         starts = range(0, height, rows_per_chunk)
         for start in tqdm(starts, desc="rendering", unit="chunk", disable=not progress or len(starts) < 16, leave=False):
             stop = min(start + rows_per_chunk, height)
-            values = model(pixel_centres(width, height, start, stop)).float()
+            values = model(pixel_centres(width, height, start, stop).to(device)).float()
             if display:
                 values = values.clamp(0.0, 1.0)
                 values = (linear_to_srgb(values) if linear else values).mul(255.0).add(0.5).to(torch.uint8)
-            out[start:stop] = values.view(stop - start, width, channels).numpy()
+            out[start:stop] = values.view(stop - start, width, channels).cpu().numpy()
     return out
 
 
@@ -83,7 +85,8 @@ def _check_size(width: int, height: int) -> None:
             raise ValueError(f"render {name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
 
 
-def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | Path, progress: bool = True) -> Path:
+def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | Path, progress: bool = True,
+                   device: str | torch.device = "auto") -> Path:
     """Render and write ``out``: PNG/JPEG as 8-bit sRGB; EXR as linear float (a model fitted to an
     sRGB image is linearised); TIFF as the raw float32 values. Checks ``out`` before rendering."""
     out = Path(out)
@@ -94,7 +97,7 @@ def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | P
         )
     _check_size(width, height)
     check_writable_file(out)
-    loaded = load_image_model(checkpoint)
+    loaded = load_image_model(checkpoint, device)
     if READ_EXTENSIONS[suffix] in ("PNG", "JPEG"):
         write_image(out, render_image(loaded, width, height, display=True, progress=progress))
     else:

@@ -178,7 +178,8 @@ class NerfField(nn.Module):
             raise ValueError(f"positions must be [S, 3], got {list(positions.shape)}")
         layers = self.density_network.layers
         hidden = layers[:-2](self.encoding(self.normalize(positions)))
-        log_density = layers[-1](hidden @ layers[-2].weight[:1].t())
+        # float32 before the activation: under autocast the product is float16, where exp overflows
+        log_density = layers[-1]((hidden @ layers[-2].weight[:1].t()).float())
         return trunc_exp(log_density[:, 0])
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor,

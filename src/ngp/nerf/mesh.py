@@ -36,13 +36,14 @@ def density_grid(field: NerfField, resolution: int, chunk: int = 1 << 18, progre
     """``[R, R, R]`` float32 densities at the lattice points ``lo + (hi - lo) * i / (R - 1)``,
     indexed ``[ix, iy, iz]``."""
     lo, hi = field.aabb[0], field.aabb[1]
-    axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution) for i in range(3)]
+    device = lo.device
+    axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution, device=device) for i in range(3)]
     out = np.empty((resolution,) * 3, dtype=np.float32)
     for ix in tqdm(range(resolution), desc="density", unit="slice", disable=not progress, dynamic_ncols=True):
         yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), dim=-1).reshape(-1, 2)
-        points = torch.cat([torch.full((yz.shape[0], 1), float(axes[0][ix])), yz], dim=1)
+        points = torch.cat([torch.full((yz.shape[0], 1), float(axes[0][ix]), device=device), yz], dim=1)
         sigma = torch.cat([field.density(p) for p in points.split(chunk)])
-        out[ix] = sigma.reshape(resolution, resolution).numpy()
+        out[ix] = sigma.reshape(resolution, resolution).cpu().numpy()
     return out
 
 
@@ -76,18 +77,20 @@ def extract_mesh(field: NerfField, resolution: int = 256, threshold: float = DEF
     if not (sigma.min() < threshold < sigma.max()):
         raise ValueError(f"no surface at density threshold {threshold}: the density ranges over "
                          f"[{sigma.min():.3g}, {sigma.max():.3g}] (train longer or pick another --threshold)")
-    lo, hi = field.aabb[0].double().numpy(), field.aabb[1].double().numpy()
+    lo, hi = field.aabb[0].double().cpu().numpy(), field.aabb[1].double().cpu().numpy()
     spacing = tuple((hi - lo) / (resolution - 1))
     verts, faces, normals, _ = marching_cubes(sigma, level=threshold, spacing=spacing)
     verts = verts + lo
     # skimage's normals point down the density gradient, i.e. out of the object: look against them
     with torch.inference_mode():
-        positions = torch.as_tensor(np.ascontiguousarray(verts), dtype=torch.float32)
-        directions = -torch.nn.functional.normalize(torch.as_tensor(np.ascontiguousarray(normals), dtype=torch.float32), dim=-1)
+        device = field.aabb.device
+        positions = torch.as_tensor(np.ascontiguousarray(verts), dtype=torch.float32, device=device)
+        directions = -torch.nn.functional.normalize(
+            torch.as_tensor(np.ascontiguousarray(normals), dtype=torch.float32, device=device), dim=-1)
         colors = torch.cat([field(p, d)[1] for p, d in zip(positions.split(1 << 16), directions.split(1 << 16))])
     if not ngp_frame:
         verts = ngp_to_dataset(verts, scale, offset)
-    rgba = np.concatenate([np.round(colors.numpy() * 255), np.full((len(verts), 1), 255)], axis=1)
+    rgba = np.concatenate([np.round(colors.cpu().numpy() * 255), np.full((len(verts), 1), 255)], axis=1)
     # skimage winds the faces of a "high inside" volume inwards: flip them so normals point out
     return trimesh.Trimesh(vertices=verts, faces=np.ascontiguousarray(faces[:, ::-1]),
                            vertex_colors=rgba.astype(np.uint8), process=False)

@@ -32,6 +32,7 @@ from ngp.nerf.datasets import NerfDataset, load_dataset
 from ngp.nerf.evaluation import evaluate, write_png
 from ngp.nerf.field import parse_nerf_config
 from ngp.nerf.trainer import NerfTrainer, TrainSettings
+from ngp.training import resolve_device, resolve_precision
 
 __all__ = ["train_run", "eval_run", "render_run", "mesh_run", "load_run", "BUILTIN", "peak_memory_mb"]
 
@@ -44,6 +45,11 @@ BUILTIN_SCENE = dict(n_train=100, n_val=10, n_test=20, resolution=200)
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far, in MiB (``getrusage`` reports KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_memory_mb(device: torch.device) -> float | None:
+    """Peak memory torch allocated on a CUDA ``device`` so far, in MiB (None for the CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -115,7 +121,7 @@ def _validate(trainer: NerfTrainer, val: NerfDataset, indices: Sequence[int], ou
 def train_run(data: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
               downscale: int = 1, config: str | Path | dict | None = None, seed: int = 0, resume: bool = False,
               n_val_images: int = 3, eval_at: Sequence[float] = (), settings: dict | None = None,
-              quiet: bool = False) -> dict:
+              quiet: bool = False, device: str | torch.device = "auto", precision: str = "auto") -> dict:
     """Train a NeRF on ``data`` (a data set folder / transforms file, or ``"builtin"``) into run folder
     ``out``; see the module doc for what it writes. Returns the metrics written to ``metrics.json``.
 
@@ -127,6 +133,7 @@ def train_run(data: str | Path, out: str | Path, seconds: float | None = None, s
         n_val_images: validation images rendered at the end (spread over the split).
         eval_at: training times (s, cumulative) at which to also measure validation PSNR.
         settings: overrides of :class:`~ngp.nerf.trainer.TrainSettings` fields.
+        device, precision: where and in which precision to train (see :class:`~ngp.nerf.trainer.NerfTrainer`).
 
     Raises (before any training): FileNotFoundError (no data / checkpoint), PermissionError (``out``
     not writable), ConfigError (bad config), ValueError (bad arguments or data).
@@ -150,7 +157,9 @@ def train_run(data: str | Path, out: str | Path, seconds: float | None = None, s
         raise FileExistsError(f"{out} already holds a trained run; pass --resume to continue it or choose "
                               "another --out")
     nerf_config = None if resume else parse_nerf_config(config)  # ConfigError before any work
-    train_settings = TrainSettings.from_dict({**(settings or {}), "seed": seed})
+    device = resolve_device(device)
+    resolve_precision(precision, device)  # ValueError before any work
+    train_settings = TrainSettings.from_dict({**(settings or {}), "seed": seed}, device)
     prepare_output_dir(out)
 
     if builtin:
@@ -164,10 +173,10 @@ def train_run(data: str | Path, out: str | Path, seconds: float | None = None, s
     dataset = load_dataset(data, "train", downscale)
     val = load_dataset(data, _validation_split(data), downscale)
     if resume:
-        trainer, meta = NerfTrainer.from_checkpoint(checkpoint, dataset)
+        trainer, meta = NerfTrainer.from_checkpoint(checkpoint, dataset, device, precision)
         _log(f"resuming {out} at step {trainer.step} ({trainer.seconds:.0f} s trained)", quiet)
     else:
-        trainer = NerfTrainer(dataset, nerf_config, train_settings)
+        trainer = NerfTrainer(dataset, nerf_config, train_settings, device=device, precision=precision)
     _log(f"training on {len(dataset)} images of {int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])}"
          f" ({data}), aabb_scale {dataset.aabb_scale}", quiet)
 
@@ -208,6 +217,9 @@ def train_run(data: str | Path, out: str | Path, seconds: float | None = None, s
         "val_per_image": final["per_image"] if final else [], "val_curve": val_curve,
         "occupancy_fraction": trainer.grid.occupancy_fraction,
         "peak_memory_mb": peak_memory_mb(),
+        "peak_gpu_memory_mb": peak_gpu_memory_mb(trainer.device),
+        "device": str(trainer.device), "precision": trainer.amp.precision,
+        "skipped_steps": trainer.amp.skipped_steps,
         "settings": trainer.settings.__dict__,
     }
     _write_json(out / "metrics.json", metrics)
@@ -220,22 +232,22 @@ def train_run(data: str | Path, out: str | Path, seconds: float | None = None, s
     return metrics
 
 
-def load_run(run: str | Path) -> tuple[NerfTrainer, dict]:
-    """The trainer (model, grid, optimizer with its EMA) and checkpoint JSON of a run folder (or of a
-    checkpoint folder itself)."""
+def load_run(run: str | Path, device: str | torch.device = "auto") -> tuple[NerfTrainer, dict]:
+    """The trainer (model, grid, optimizer with its EMA) on ``device`` and checkpoint JSON of a run
+    folder (or of a checkpoint folder itself)."""
     run = Path(run)
     if not run.exists():
         raise FileNotFoundError(f"run folder not found: {run}")
     folder = run / CHECKPOINT_DIR if (run / CHECKPOINT_DIR).is_dir() else run
-    trainer, meta = NerfTrainer.from_checkpoint(folder)
+    trainer, meta = NerfTrainer.from_checkpoint(folder, device=device)
     return trainer, meta
 
 
 def eval_run(run: str | Path, data: str | Path | None = None, split: str = "test", downscale: int | None = None,
-             with_ssim: bool = True, quiet: bool = False) -> dict:
+             with_ssim: bool = True, quiet: bool = False, device: str | torch.device = "auto") -> dict:
     """Evaluate a run on ``split`` of ``data`` (default: the data it was trained on): PSNR/SSIM per
     image, written with renders beside ground truth into ``RUN/eval_<split>/``."""
-    trainer, meta = load_run(run)
+    trainer, meta = load_run(run, device)
     scene = meta.get("scene", {})
     data = Path(data) if data is not None else Path(scene.get("data", ""))
     if not data.exists():
@@ -243,7 +255,7 @@ def eval_run(run: str | Path, data: str | Path | None = None, split: str = "test
     downscale = int(scene.get("downscale", 1)) if downscale is None else downscale
     out_dir = prepare_output_dir(Path(run) / f"eval_{split}")
     dataset = load_dataset(data, split, downscale)
-    if not torch.allclose(dataset.aabb, trainer.field.aabb):
+    if not torch.allclose(dataset.aabb, trainer.field.aabb.cpu()):
         warnings.warn(f"the data set's aabb {dataset.aabb.tolist()} differs from the run's "
                       f"{trainer.field.aabb.tolist()}: is it the same scene?", stacklevel=2)
     with trainer.optimizer.averaged_weights():
@@ -260,7 +272,8 @@ def eval_run(run: str | Path, data: str | Path | None = None, split: str = "test
 
 
 def render_run(run: str | Path, out: str | Path, n_frames: int = 60, width: int | None = None,
-               height: int | None = None, fps: int = 30, quiet: bool = False) -> dict:
+               height: int | None = None, fps: int = 30, quiet: bool = False,
+               device: str | torch.device = "auto") -> dict:
     """An orbit video (``out``, MP4) plus PNG colour and depth frames (``<out stem>_frames/``)."""
     from ngp.nerf.video import orbit_poses, write_video
 
@@ -270,7 +283,7 @@ def render_run(run: str | Path, out: str | Path, n_frames: int = 60, width: int 
     if n_frames < 1 or (width is not None and width < 1) or (height is not None and height < 1) or fps < 1:
         raise ValueError(f"frames, width, height and fps must be positive, got {n_frames}, {width}, {height}, {fps}")
     check_writable_file(out)
-    trainer, meta = load_run(run)
+    trainer, meta = load_run(run, device)
     scene = meta.get("scene", {})
     tensors_c2w = trainer.scene_c2w
     if tensors_c2w is None or "focal" not in scene:
@@ -279,7 +292,7 @@ def render_run(run: str | Path, out: str | Path, n_frames: int = 60, width: int 
     width = width or train_w
     height = height or (train_h if width == train_w else round(train_h * width / train_w))
     focal = float(scene["focal"]) * width / train_w
-    poses = orbit_poses(tensors_c2w, n_frames, trainer.field.aabb)
+    poses = orbit_poses(tensors_c2w, n_frames, trainer.field.aabb.cpu())
     background = torch.ones(3) if scene.get("white_background") else torch.zeros(3)
     frames_dir = out.with_name(out.stem + "_frames")
     with trainer.optimizer.averaged_weights():
@@ -292,7 +305,7 @@ def render_run(run: str | Path, out: str | Path, n_frames: int = 60, width: int 
 
 
 def mesh_run(run: str | Path, out: str | Path, resolution: int = 256, threshold: float | None = None,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, device: str | torch.device = "auto") -> dict:
     """Marching cubes on the run's density -> a mesh file (``.ply``, ``.obj``, ...) in the data set's
     coordinates."""
     from ngp.nerf.mesh import DEFAULT_THRESHOLD, extract_mesh, write_mesh
@@ -303,7 +316,7 @@ def mesh_run(run: str | Path, out: str | Path, resolution: int = 256, threshold:
     if resolution < 2 or resolution > 2048:
         raise ValueError(f"resolution must be in [2, 2048], got {resolution}")
     check_writable_file(out)
-    trainer, meta = load_run(run)
+    trainer, meta = load_run(run, device)
     scene = meta.get("scene", {})
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     with trainer.optimizer.averaged_weights():

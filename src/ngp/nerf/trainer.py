@@ -29,6 +29,7 @@ from ngp.nerf.field import NerfField, parse_nerf_config
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.nerf.renderer import Renderer, RenderSettings
 from ngp.optim import build_optimizer
+from ngp.training import MixedPrecision, resolve_device
 
 __all__ = ["TrainSettings", "NerfTrainer", "StepStats", "CHECKPOINT_PRIMITIVE"]
 
@@ -70,11 +71,24 @@ class TrainSettings:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainSettings":
+    def from_dict(cls, values: Mapping[str, Any], device: torch.device | None = None) -> "TrainSettings":
+        """Settings from ``values`` over the defaults for ``device`` (see :meth:`for_device`)."""
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"training settings: unknown key(s) {', '.join(map(repr, unknown))}")
-        return cls(**values)
+        return cls(**{**cls.defaults_for(device), **values})
+
+    @classmethod
+    def for_device(cls, device: torch.device | None) -> "TrainSettings":
+        return cls(**cls.defaults_for(device))
+
+    @staticmethod
+    def defaults_for(device: torch.device | None) -> dict[str, Any]:
+        """Overrides of the CPU defaults on a GPU: instant-ngp's 2^18 samples per step (a GPU step of
+        2^18 samples costs little more than one of 2^16), and room for the rays that takes."""
+        if device is not None and torch.device(device).type == "cuda":
+            return {"target_samples": 1 << 18, "max_rays": 1 << 18}
+        return {}
 
 
 @dataclass
@@ -122,11 +136,18 @@ class NerfTrainer:
             :func:`~ngp.nerf.field.parse_nerf_config`.
         settings: :class:`TrainSettings`.
         aabb, aabb_scale: the scene box; taken from ``dataset`` when it is given.
+        device: where the field, the occupancy grid and the optimizer live (``auto``: CUDA when
+            available). The data set stays on the CPU; each batch of rays is copied over.
+        precision: the MLPs' precision, see :class:`ngp.training.MixedPrecision` (``auto``: float16
+            with loss scaling on CUDA, float32 on a CPU).
     """
 
     def __init__(self, dataset: NerfDataset | None, config=None, settings: TrainSettings | None = None,
-                 aabb: torch.Tensor | None = None, aabb_scale: int | None = None):
-        self.settings = settings or TrainSettings()
+                 aabb: torch.Tensor | None = None, aabb_scale: int | None = None,
+                 device: str | torch.device = "auto", precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.amp = MixedPrecision(self.device, precision)
+        self.settings = settings or TrainSettings.for_device(self.device)
         self.config = parse_nerf_config(config)
         self.dataset = dataset
         #: ``[n, 3, 4]`` training camera poses (kept in checkpoints, for orbit videos)
@@ -140,6 +161,8 @@ class NerfTrainer:
                                   n_cascades=n_cascades_for(aabb_scale), threshold=s.grid_threshold,
                                   ema_decay=s.grid_ema_decay, update_interval=s.grid_update_interval,
                                   warmup_steps=1, sample_fraction=s.grid_sample_fraction)
+        self.field.to(self.device)
+        self.grid.to(self.device)
         if dataset is not None and aabb_scale > 1:
             # cells no camera sees stay empty (instant-ngp's mark_untrained); NeRF-synthetic
             # cameras surround the unit cube, where this would cost seconds and change nothing
@@ -177,7 +200,8 @@ class NerfTrainer:
     def _initial_rays(self) -> int:
         """Rays for the first step: march a probe batch to see how many samples a ray gets."""
         cam, pixel_xy, _ = self.dataset.sample_batch(256, self.generator)
-        samples = self.renderer.march(*generate_rays(self.dataset.cameras, cam, pixel_xy))
+        origins, directions = generate_rays(self.dataset.cameras, cam, pixel_xy)
+        samples = self.renderer.march(origins.to(self.device), directions.to(self.device))
         per_ray = max(samples.n_samples / 256, 1.0)
         s = self.settings
         return int(min(max(s.target_samples / per_ray // 64 * 64, s.min_rays), s.max_rays))
@@ -196,12 +220,14 @@ class NerfTrainer:
         else:
             background = torch.ones(self.n_rays, 3) if self.dataset.white_background else torch.zeros(self.n_rays, 3)
         target = rgba[:, :3] * rgba[:, 3:] + background * (1.0 - rgba[:, 3:])
+        origins, directions, background, target = (t.to(self.device, non_blocking=True)
+                                                   for t in (origins, directions, background, target))
 
-        out = self.renderer.render_rays(origins, directions, background, self.generator, compact=s.compact)
-        loss = self.loss_fn(out.color, target)
+        with self.amp.autocast():  # the MLPs in float16 on a GPU; marching and compositing stay float32/64
+            out = self.renderer.render_rays(origins, directions, background, self.generator, compact=s.compact)
+        loss = self.loss_fn(out.color.float(), target)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.amp.backward_and_step(loss, self.optimizer)
 
         mse = (out.color.detach() - target).square().mean().item()
         stats = StepStats(self.step, loss.item(), -10.0 * math.log10(max(mse, 1e-10)), self.n_rays,
@@ -289,14 +315,16 @@ class NerfTrainer:
             "n_rays": self.n_rays,
             "seconds": self.seconds,
             "optimizer": opt_meta,
+            "mixed_precision": self.amp.state_dict(),
             "scene": dict(scene or {}),
             "history": asdict(self.history),
         }
         return save_checkpoint(folder, self.state_tensors(), config)
 
     @classmethod
-    def from_checkpoint(cls, folder: str | Path, dataset: NerfDataset | None = None) -> tuple["NerfTrainer", dict]:
-        """Rebuild a trainer from :meth:`save`'s folder -> ``(trainer, checkpoint json)``.
+    def from_checkpoint(cls, folder: str | Path, dataset: NerfDataset | None = None, device: str | torch.device = "auto",
+                        precision: str = "auto") -> tuple["NerfTrainer", dict]:
+        """Rebuild a trainer on ``device`` from :meth:`save`'s folder -> ``(trainer, checkpoint json)``.
 
         Only numbers (safetensors) and JSON are read; a config with unknown keys raises
         :class:`~ngp.config.ConfigError` before anything is built.
@@ -308,12 +336,15 @@ class NerfTrainer:
             if key not in meta:
                 raise ValueError(f"NeRF checkpoint {folder} lacks {key!r} in its config.json")
         settings = TrainSettings.from_dict(meta["settings"])
-        trainer = cls(dataset, meta["config"], settings, torch.tensor(meta["aabb"]), int(meta["aabb_scale"]))
-        if dataset is not None and not torch.allclose(dataset.aabb, trainer.field.aabb):
+        trainer = cls(dataset, meta["config"], settings, torch.tensor(meta["aabb"]), int(meta["aabb_scale"]),
+                      device=device, precision=precision)
+        if dataset is not None and not torch.allclose(dataset.aabb, trainer.field.aabb.cpu()):
             raise ValueError(f"the data set's aabb {dataset.aabb.tolist()} differs from the checkpoint's "
                              f"{meta['aabb']}: is it the same scene?")
         trainer._load_tensors(tensors, folder)
         restore_optimizer(trainer.optimizer, tensors, meta["optimizer"])
+        if trainer.amp.scaler.is_enabled():  # a float32 run resumed in float16 starts a fresh scale
+            trainer.amp.load_state_dict(meta.get("mixed_precision", {}))
         trainer.step = int(meta["step"])
         trainer.n_rays = int(meta.get("n_rays", settings.initial_rays))
         trainer.seconds = float(meta.get("seconds", 0.0))

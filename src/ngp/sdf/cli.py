@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from ngp.training import DEVICE_HELP, PRECISION_HELP
+
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Learn a signed distance function from a mesh; extract and render its surface.")
 
@@ -37,6 +39,8 @@ def fit(
     render_width: int = typer.Option(512, "--render-width", help="Width of render.png in pixels."),
     render_height: int = typer.Option(512, "--render-height", help="Height of render.png in pixels."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Train an SDF on MESH; write mesh.ply, render.png, loss.png, metrics.json, config.json, checkpoint/."""
     from ngp.sdf.trainer import fit_sdf
@@ -45,7 +49,7 @@ def fit(
     try:
         result = fit_sdf(mesh, out, seconds=seconds, steps=steps, config=config, seed=seed, resolution=resolution,
                          render_size=(render_width, render_height), iou_resolution=iou_resolution,
-                         progress=progress)
+                         progress=progress, device=device, precision=precision)
     except USER_ERRORS as error:
         _fail(error)
     m = result.metrics
@@ -70,6 +74,7 @@ def render(
     mode: str = typer.Option("shaded", "--mode", help="shaded | normals"),
     normals: str = typer.Option("finite_difference", "--normals",
                                 help="finite_difference (instant-ngp's, eps 5e-4) | gradient (autograd through the encoding)"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Sphere-trace the learned SDF into a PNG."""
     from ngp.sdf.model import NeuralSDF
@@ -86,7 +91,7 @@ def render(
             raise ValueError(f"--width and --height must be positive, got {width}x{height}")
         if out.suffix.lower() != ".png":
             raise ValueError(f"--out must be a .png file, got {out}")
-        sdf = NeuralSDF.from_checkpoint(run)
+        sdf = NeuralSDF.from_checkpoint(run, device)
         check_writable_file(out)
         write_png(out, render_sdf(sdf, width, height, azimuth, elevation, mode, normals=normals))
     except USER_ERRORS as error:
@@ -99,6 +104,7 @@ def mesh(
     run: Path = typer.Argument(..., help="Run folder from `ngp sdf fit` (or its checkpoint/ folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Mesh file to write (.ply, .obj, .stl, .off, .glb)."),
     resolution: int = typer.Option(256, "--resolution", "-r", help="Marching-cubes grid resolution (longest side)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Extract the zero level set by marching cubes, in the input mesh's coordinates."""
     from ngp.io.files import check_writable_file
@@ -112,7 +118,7 @@ def mesh(
             raise ValueError(f"--out must end in one of {SAVE_FORMATS}, got {out}")
         if resolution < 8:
             raise ValueError(f"--resolution must be at least 8, got {resolution}")
-        sdf = NeuralSDF.from_checkpoint(run)
+        sdf = NeuralSDF.from_checkpoint(run, device)
         check_writable_file(out)
         vertices, faces = extract_mesh(sdf, resolution)
         save_mesh(out, vertices, faces)

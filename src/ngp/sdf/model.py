@@ -26,6 +26,7 @@ from ngp.config import ConfigError, otype_of
 from ngp.io.checkpoints import load_checkpoint, save_checkpoint
 from ngp.io.meshes import MeshNormalization
 from ngp.networks import NetworkWithInputEncoding
+from ngp.training import resolve_device
 
 #: instant-ngp's finest hash-grid resolution over the unit cube for SDFs (``desired_resolution``),
 #: used to derive ``per_level_scale`` when a config gives neither it nor ``finest_resolution``.
@@ -70,13 +71,19 @@ class NeuralSDF(nn.Module):
 
     # -- evaluation ---------------------------------------------------------------------------------
     def unit_sdf(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, 3]`` unit-cube points -> ``[N]`` unit-cube distances (the raw network, differentiable)."""
+        """``[N, 3]`` unit-cube points -> ``[N]`` unit-cube distances (the raw network, differentiable).
+
+        Points on another device than the model are moved to it, and the distances come back on the
+        points' device: evaluation code (meshing, metrics, rendering) works on CPU arrays whatever
+        device the model trains on.
+        """
         if x.dim() != 2 or x.shape[1] != 3:
             raise ValueError(f"NeuralSDF expects points of shape [N, 3], got {list(x.shape)}")
-        x = x.to(self.aabb.dtype)
+        home = x.device
+        x = x.to(self.aabb.device, self.aabb.dtype)
         inside = x.clamp(0.0, 1.0)
         outside = (x - inside).norm(dim=-1)  # 0 inside the cube
-        return self.field(inside)[:, 0] + outside
+        return (self.field(inside)[:, 0] + outside).to(home)
 
     def forward(self, points: torch.Tensor, unit: bool = False) -> torch.Tensor:
         """``[N, 3]`` points (mesh units, or unit cube if ``unit``) -> ``[N]`` signed distances, same units."""
@@ -110,8 +117,9 @@ class NeuralSDF(nn.Module):
         return save_checkpoint(folder, tensors, {**self.checkpoint_config(), **(extra or {})})
 
     @staticmethod
-    def from_checkpoint(folder: str | Path) -> "NeuralSDF":
-        """Rebuild a :class:`NeuralSDF` from a checkpoint folder (or a run folder holding ``checkpoint/``)."""
+    def from_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> "NeuralSDF":
+        """Rebuild a :class:`NeuralSDF` on ``device`` from a checkpoint folder (or a run folder holding
+        ``checkpoint/``)."""
         folder = Path(folder)
         if (folder / "checkpoint").is_dir():
             folder = folder / "checkpoint"
@@ -127,7 +135,7 @@ class NeuralSDF(nn.Module):
             model.field.load_state_dict(state)
         except RuntimeError as error:
             raise ValueError(f"checkpoint {folder} does not match its config: {error}") from None
-        return model.eval()
+        return model.to(resolve_device(device)).eval()
 
 
 __all__ = ["NeuralSDF", "SDF_FINEST_RESOLUTION", "sdf_encoding_config"]

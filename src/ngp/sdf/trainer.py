@@ -35,6 +35,7 @@ from ngp.sdf.metrics import chamfer_distance, grid_iou, near_surface_agreement
 from ngp.sdf.model import NeuralSDF
 from ngp.sdf.render import render_sdf, write_png
 from ngp.sdf.sampling import MeshSDF, SampleGenerator, SamplePool, mesh_aabb
+from ngp.training import MixedPrecision, resolve_device
 
 #: Our additions to instant-ngp's config, under the key ``"training"``.
 TRAINING_DEFAULTS = {
@@ -103,16 +104,23 @@ class SDFTrainer:
 
     Building it validates the whole config (unknown keys, bad values) and the mesh, but computes no
     ground truth yet; :meth:`prepare` (called by :meth:`train`) fills the sample pool.
+
+    The model trains on ``device`` (``auto``: CUDA when available) in ``precision`` (see
+    :class:`ngp.training.MixedPrecision`); ground truth and the sample pool stay on the CPU (libigl),
+    each batch is copied over.
     """
 
-    def __init__(self, mesh: Mesh, config: Mapping[str, Any] | None = None, seed: int = 0):
+    def __init__(self, mesh: Mesh, config: Mapping[str, Any] | None = None, seed: int = 0,
+                 device: str | torch.device = "auto", precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.amp = MixedPrecision(self.device, precision)
         self.config = sdf_config(config)
         unit_mesh, normalization = normalize_mesh(mesh)
         self.mesh, self.unit_mesh = mesh, unit_mesh
         self.aabb = mesh_aabb(unit_mesh.vertices)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.model = NeuralSDF(self.config["encoding"], self.config["network"], normalization, self.aabb)
+        self.model = NeuralSDF(self.config["encoding"], self.config["network"], normalization, self.aabb).to(self.device)
         self.loss_fn = build_loss(self.config["loss"])
         self.optimizer = build_optimizer(self.config["optimizer"], self.model)
         self.gt = MeshSDF(unit_mesh.vertices, unit_mesh.faces)
@@ -139,10 +147,12 @@ class SDFTrainer:
         """One optimisation step on a fresh batch; returns the loss."""
         self.prepare()
         points, distances = self.pool.batch(self.config["training"]["batch_size"])
-        loss = self.loss_fn(self.model.unit_sdf(points), distances)
+        points, distances = points.to(self.device, non_blocking=True), distances.to(self.device, non_blocking=True)
+        with self.amp.autocast():
+            predicted = self.model.unit_sdf(points)  # float32: unit_sdf casts the MLP's output
+        loss = self.loss_fn(predicted, distances)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.amp.backward_and_step(loss, self.optimizer)
         return loss.item()
 
     def train(self, steps: int | None = None, seconds: float | None = None, progress: bool = True) -> None:
@@ -212,6 +222,9 @@ def evaluate(trainer: SDFTrainer, resolution: int = 256, iou_resolution: int = 1
         "mesh_faces": int(len(faces)),
         "seconds_marching_cubes": round(seconds_mesh, 3),
         "threads": torch.get_num_threads(),
+        "device": str(trainer.device),
+        "precision": trainer.amp.precision,
+        "skipped_steps": trainer.amp.skipped_steps,
     }
     return metrics, model.normalization.to_mesh(vertices_unit), faces
 
@@ -220,6 +233,7 @@ def fit_sdf(
     mesh_path: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
     config: str | Path | Mapping[str, Any] | None = None, seed: int = 0, resolution: int = 256,
     render_size: tuple[int, int] = (512, 512), iou_resolution: int = 128, progress: bool = True,
+    device: str | torch.device = "auto", precision: str = "auto",
 ) -> FitResult:
     """Fit an SDF to a mesh file and write the run folder ``out``:
 
@@ -238,7 +252,7 @@ def fit_sdf(
     if steps is not None and steps < 0 or seconds is not None and seconds < 0:
         raise ValueError(f"steps and seconds must not be negative, got steps={steps}, seconds={seconds}")
     mesh = load_mesh(mesh_path)
-    trainer = SDFTrainer(mesh, config, seed)  # validates the config
+    trainer = SDFTrainer(mesh, config, seed, device, precision)  # validates the config and the device
     out = prepare_output_dir(out)
     trainer.train(steps=steps, seconds=seconds, progress=progress)
 

@@ -1,0 +1,144 @@
+"""What the three training loops (image, SDF, NeRF) share: where they run and in which precision.
+
+* :func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` into a
+  :class:`torch.device`, with a clear error when CUDA is asked for and absent.
+* :class:`MixedPrecision` runs the MLPs under ``torch.autocast`` and scales the loss so that float16
+  activation gradients do not underflow (``torch.amp.GradScaler``). Parameters, the hash tables and
+  the optimizer state stay float32: the project's Adam uses ``eps = 1e-15`` and squared gradients,
+  neither of which survives float16. With ``precision="float32"`` (the CPU default) every method is
+  the plain float32 step, so the CPU path is unchanged.
+
+Example::
+
+    device = resolve_device("auto")                       # cuda when there is one
+    amp = MixedPrecision(device, "auto")                  # float16 on cuda, float32 on cpu
+    for step in range(n_steps):
+        optimizer.zero_grad()
+        with amp.autocast():
+            prediction = model(x)                         # encoding float32, MLP float16
+        loss = loss_fn(prediction.float(), target)        # the loss in float32
+        applied = amp.backward_and_step(loss, optimizer)  # False: overflow, step skipped
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+#: ``precision`` values: ``auto`` is float16 mixed precision on CUDA and float32 elsewhere.
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+#: tiny-cuda-nn's fixed loss scale for its float16 networks; GradScaler's own default (2^16) makes
+#: the first dozen steps overflow and be skipped.
+INITIAL_LOSS_SCALE = 128.0
+
+
+#: ``--device`` / ``--precision`` help shared by the command-line tools.
+DEVICE_HELP = "Where to run: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."
+PRECISION_HELP = ("Precision of the MLPs: auto (float16 mixed precision with loss scaling on a GPU, float32 "
+                  "on a CPU), float32, float16 or bfloat16. Hash tables and weights stay float32.")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) -> ``cuda`` if available else ``cpu``; other names are checked.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device name; expected auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device {str(device)!r} not supported; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``float16`` on CUDA, ``float32`` elsewhere; other values are checked and kept."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} unknown; expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    return precision
+
+
+class MixedPrecision:
+    """Autocast + loss scaling for one training loop on ``device``.
+
+    Args:
+        device: where the model runs.
+        precision: ``auto``, ``float32`` (no autocast, no scaling), ``float16`` (autocast + loss
+            scaling) or ``bfloat16`` (autocast; bfloat16 has float32's range, so no scaling).
+            float16 on a CPU works (the tests use it) but is slower than float32 there.
+        init_scale: the first loss scale (float16 only).
+    """
+
+    def __init__(self, device: torch.device | str, precision: str = "auto", init_scale: float = INITIAL_LOSS_SCALE):
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=init_scale,
+                                           enabled=self.precision == "float16")
+        self.skipped_steps = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.dtype is not None
+
+    @property
+    def loss_scale(self) -> float:
+        """The current loss scale (1.0 when not scaling)."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
+    def autocast(self):
+        """Context for the forward pass: the MLPs' matrix products in ``self.dtype``."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer) -> bool:
+        """Backward pass and optimizer step (``ngp.optim.Optimizer``: Adam, schedule, EMA).
+
+        With loss scaling, the gradients are unscaled before Adam (and the EMA, and anyone reading
+        them), and the whole step is skipped when any is inf or NaN; the scale then halves. Returns
+        whether the step was taken.
+        """
+        if not self.scaler.is_enabled():
+            loss.backward()
+            optimizer.step()
+            return True
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer.adam)  # also records the inf check that update() needs
+        finite = _all_finite(optimizer.adam)
+        if finite:
+            optimizer.step()
+        else:
+            self.skipped_steps += 1
+        self.scaler.update()
+        return finite
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+
+def _all_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient is finite, with one host synchronisation."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
