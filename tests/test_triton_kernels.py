@@ -140,19 +140,29 @@ def test_hash_uses_32_bit_wrapping_products():
 
 @pytest.mark.parametrize("table_dtype", [torch.float32, torch.float16])
 def test_op_interface_forward_and_backward(table_dtype):
-    """``forward``/``backward`` as ``ngp.ops.hashgrid`` calls them: results in the table's dtype."""
+    """``forward``/``backward`` as ``ngp.ops.hashgrid`` calls them: the table in its storage dtype,
+    features in x's dtype, the table gradient in the float32 accumulator (the master's gradient)."""
     layout, x, table, grad_out = make_case(3, seed=5, table_dtype=table_dtype)
     code = INTERPOLATIONS["Linear"]
     out = tk.forward(x, table, layout, code)
-    grad_table, grad_x = tk.backward(grad_out.to(table_dtype), x, table, layout, code, True, True)
-    assert out.dtype == grad_table.dtype == table_dtype and grad_x.dtype == x.dtype
-    ref_out, ref_gx, ref_gt = reference_results(layout, x, table, grad_out.to(table_dtype), "Linear")
-    tol = 2e-3 if table_dtype == torch.float16 else 1e-5
-    torch.testing.assert_close(out.double(), ref_out, rtol=tol, atol=tol)
-    torch.testing.assert_close(grad_table.double(), ref_gt, rtol=tol, atol=tol)
+    grad_table, grad_x = tk.backward(grad_out.float(), x, table, layout, code, True, True)
+    assert out.dtype == grad_table.dtype == grad_x.dtype == x.dtype == torch.float32
+    ref_out, ref_gx, ref_gt = reference_results(layout, x, table, grad_out.float(), "Linear")
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)  # no output rounding
+    torch.testing.assert_close(grad_table.double(), ref_gt, rtol=1e-5, atol=1e-5)
     scale = ref_gx.double().abs().max()
     torch.testing.assert_close(grad_x.double() / scale, ref_gx.double() / scale, rtol=1e-5, atol=1e-5)
-    assert tk.backward(grad_out.to(table_dtype), x, table, layout, code, False, False) == (None, None)
+    assert tk.backward(grad_out.float(), x, table, layout, code, False, False) == (None, None)
+    # Without the x-gradient the op passes the float32 master (only its shape is read).
+    grad_master, _ = tk.backward(grad_out.float(), x, table.float(), layout, code, True, False)
+    assert grad_master.dtype == torch.float32 and torch.equal(grad_master, grad_table)
+
+
+def test_float64_interface_stays_float64():
+    layout, x, table, grad_out = make_case(2, dtype=torch.float64, table_dtype=torch.float64)
+    code = INTERPOLATIONS["Linear"]
+    grad_table, grad_x = tk.backward(grad_out, x, table, layout, code, True, True)
+    assert tk.forward(x, table, layout, code).dtype == grad_table.dtype == grad_x.dtype == torch.float64
 
 
 def test_empty_batch_is_a_no_op():
@@ -199,9 +209,11 @@ def test_kernels_follow_the_interpreter_setting_at_call_time(monkeypatch):
     assert not interpreting() and not kernels_for_mode(tk.__name__).INTERPRETED
 
 
-def test_kernels_compile_for_an_h100_without_a_gpu(monkeypatch):
+@pytest.mark.parametrize("table_ty", ["*fp16", "*fp32"])
+def test_kernels_compile_for_an_h100_without_a_gpu(monkeypatch, table_ty):
     """The interpreter accepts things the compiler rejects: compile the real kernels to sm_90 cubin
-    (Triton ships ptxas; no GPU or driver needed), for the paper's configuration."""
+    (Triton ships ptxas; no GPU or driver needed), for the paper's configuration, with the table
+    stored in float16 and in float32 (features and gradients in float32, as the op passes them)."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     import triton
 
@@ -214,9 +226,9 @@ def test_kernels_compile_for_an_h100_without_a_gpu(monkeypatch):
     const = {"D": 3, "F": 2, "INTERP": 1, "BLOCK": 128}
     common = {"meta_ptr": "*i64", "scales_ptr": "*fp32", "n_points": "i32", "out_stride": "i32"}
     signatures = {
-        "_forward_kernel": {"x_ptr": "*fp32", "table_ptr": "*fp16", "out_ptr": "*fp16"},
-        "_backward_table_kernel": {"x_ptr": "*fp32", "grad_out_ptr": "*fp16", "grad_table_ptr": "*fp32"},
-        "_backward_x_kernel": {"x_ptr": "*fp32", "table_ptr": "*fp16", "grad_out_ptr": "*fp16",
+        "_forward_kernel": {"x_ptr": "*fp32", "table_ptr": table_ty, "out_ptr": "*fp32"},
+        "_backward_table_kernel": {"x_ptr": "*fp32", "grad_out_ptr": "*fp32", "grad_table_ptr": "*fp32"},
+        "_backward_x_kernel": {"x_ptr": "*fp32", "table_ptr": table_ty, "grad_out_ptr": "*fp32",
                                "grad_x_ptr": "*fp32", "n_levels": "i32"},
     }
     for name, sig in signatures.items():
@@ -227,6 +239,8 @@ def test_kernels_compile_for_an_h100_without_a_gpu(monkeypatch):
         assert len(kernel.asm["cubin"]) > 0, name
         if name == "_backward_table_kernel":
             assert "red.global" in kernel.asm["ptx"] or "atom.global" in kernel.asm["ptx"]
+        elif table_ty == "*fp16":  # the gathers read 16-bit values (half the bytes), converted to float32
+            assert "ld.global.b16" in kernel.asm["ptx"] or "ld.global.u16" in kernel.asm["ptx"], name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,7 +267,8 @@ def test_cuda_kernels_match_reference_on_the_paper_configuration(monkeypatch, ta
 # ----------------------------------------------------------------------------------------------------
 
 
-def test_hash_grid_module_dispatches_to_triton(monkeypatch):
+@pytest.mark.parametrize("storage", [None, "float16"])
+def test_hash_grid_module_dispatches_to_triton(monkeypatch, storage):
     import inspect
 
     import ngp
@@ -264,9 +279,10 @@ def test_hash_grid_module_dispatches_to_triton(monkeypatch):
     calls = []
     for name in ("encode", "table_grad", "input_grad"):
         original = getattr(tk, name)
-        monkeypatch.setattr(tk, name, lambda *a, _f=original, _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
+        monkeypatch.setattr(tk, name, lambda *a, _f=original, _n=name, **k: (calls.append((_n, a[1].dtype)),
+                                                                               _f(*a, **k))[1])
     config = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 7,
-              "base_resolution": 3, "per_level_scale": 2.0}
+              "base_resolution": 3, "per_level_scale": 2.0, "storage_dtype": storage}
     torch.manual_seed(0)
     encoding = ngp.Encoding(3, config)
     with torch.no_grad():
@@ -282,6 +298,37 @@ def test_hash_grid_module_dispatches_to_triton(monkeypatch):
         return out.detach(), xg.grad, encoding.table.grad.clone()
 
     expected, got = run("reference"), run("triton")
-    assert {"encode", "table_grad", "input_grad"} <= set(calls)
+    stored = torch.float16 if storage else torch.float32
+    # encode and input_grad gather from the stored copy; table_grad's second argument is grad_out
+    assert {("encode", stored), ("table_grad", torch.float32), ("input_grad", stored)} <= set(calls)
+    assert got[2].dtype == encoding.table.dtype == torch.float32
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("d,interpolation", [(2, "Linear"), (3, "Smoothstep")])
+def test_op_with_float16_storage_matches_the_reference_op(monkeypatch, d, interpolation):
+    """``hash_grid_encode(..., storage_dtype=float16)``: Triton vs the reference backend (the
+    straight-through definition), forward and both gradients; float32 results for a float32 master."""
+    from ngp.ops.hashgrid import hash_grid_encode
+
+    layout, x, table, grad_out = make_case(d, seed=11)
+    table = table.float()  # the float32 master; most of its values are not representable in float16
+    assert (table.half().float() != table).float().mean() > 0.99
+
+    def run(backend, **kwargs):
+        monkeypatch.setenv("NGP_BACKEND", backend)
+        xi, ti = x.clone().requires_grad_(), table.clone().requires_grad_()
+        out = hash_grid_encode(xi, ti, layout, interpolation, **kwargs)
+        gx, gt = torch.autograd.grad(out, (xi, ti), grad_out.float())
+        return out.detach(), gx, gt
+
+    expected = run("reference", storage_dtype=torch.float16)
+    got = run("triton", storage_dtype=torch.float16)
+    assert all(t.dtype == torch.float32 for t in got)
+    for e, g in zip(expected, got):
+        scale = e.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(g / scale, e / scale, rtol=1e-5, atol=1e-5)
+    unrounded = run("triton")
+    assert (got[0] - unrounded[0]).abs().max() > 1e-5  # the storage option changed the values read
+    torch.testing.assert_close(got[2], unrounded[2], rtol=1e-6, atol=1e-7)  # straight-through gradient

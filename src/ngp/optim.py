@@ -20,7 +20,8 @@ from ngp.config import ConfigError, otype_of, require_choice, require_float, req
 from ngp.encodings import Encoding
 from ngp.kernels.cpu import adam as cpu_adam
 from ngp.kernels.reference import adam as reference_adam
-from ngp.ops.backend import requested_backend
+from ngp.kernels import triton as triton_kernels
+from ngp.ops.backend import backend_for
 
 ADAM_DEFAULTS = {
     "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6,
@@ -155,12 +156,23 @@ class Adam(torch.optim.Optimizer):
                         state["param_steps"] = torch.zeros_like(p, dtype=torch.int32)
                 state["step"] += 1
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
-                use_kernel = requested_backend() != "reference" and cpu_adam.supports(*tensors)
-                step_fn = cpu_adam.adam_step_ if use_kernel else reference_adam.adam_step_
-                step_fn(
+                _adam_kernel_for(tensors)(
                     *tensors, state["step"], group["lr"] * group["lr_factor"],
                     beta1, beta2, group["eps"], group["l2_reg"], state.get("param_steps"),
                 )
+
+
+def _adam_kernel_for(tensors: tuple[torch.Tensor, ...]):
+    """The Adam step for these tensors: Numba on the CPU, Triton on CUDA (float32), else the reference."""
+    backend = backend_for(tensors[0].device)
+    if backend == "numba" and cpu_adam.supports(*tensors):
+        return cpu_adam.adam_step_
+    if backend == "triton" and (tensors[0].is_cuda or triton_kernels.interpreting()) and triton_kernels.available():
+        from ngp.kernels.triton import adam as triton_adam  # imports triton: only when asked for
+
+        if triton_adam.supports(*tensors):
+            return triton_adam.adam_step_
+    return reference_adam.adam_step_
 
 
 class ExponentialMovingAverage:

@@ -107,6 +107,7 @@ class EvalResult:
         samples = sum(r["samples"] for r in self.per_image)
         return {"n_images": len(self.per_image), "mean_psnr": self.mean_psnr, "mean_ssim": self.mean_ssim,
                 "render_seconds": seconds, "render_samples_per_second": samples / max(seconds, 1e-9),
+                "images_per_second": len(self.per_image) / max(seconds, 1e-9),
                 "per_image": self.per_image}
 
 

@@ -266,8 +266,8 @@ def eval_run(run: str | Path, data: str | Path | None = None, split: str = "test
     for r in result.per_image:
         print(f"  {r['file']:>20s}  PSNR {r['psnr']:6.2f} dB" + (f"  SSIM {r['ssim']:.4f}" if "ssim" in r else ""))
     print(f"{split}: mean PSNR {result.mean_psnr:.2f} dB" + (f", SSIM {result.mean_ssim:.4f}" if with_ssim else "")
-          + f" over {len(result.per_image)} images ({summary['render_samples_per_second'] / 1e3:.0f}k "
-          f"samples/s); wrote {out_dir}")
+          + f" over {len(result.per_image)} images ({summary['images_per_second']:.2f} images/s, "
+          f"{summary['render_samples_per_second'] / 1e3:.0f}k samples/s on {trainer.device}); wrote {out_dir}")
     return summary
 
 

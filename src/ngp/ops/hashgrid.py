@@ -1,7 +1,7 @@
 """The multiresolution hash encoding as a differentiable op.
 
-``hash_grid_encode(x, table, layout)`` is differentiable w.r.t. ``table`` and ``x``. Where it runs is
-chosen per call by :func:`ngp.ops.backend.backend_for`:
+``hash_grid_encode(x, table, layout, interpolation, storage_dtype)`` is differentiable w.r.t. ``table``
+and ``x``. Where it runs is chosen per call by :func:`ngp.ops.backend.backend_for`:
 
 * ``reference``: the plain-PyTorch definition (:mod:`ngp.kernels.reference.hashgrid`), called directly,
   so autograd differentiates it to any order;
@@ -10,16 +10,27 @@ chosen per call by :func:`ngp.ops.backend.backend_for`:
   ``torch.compile`` can trace them). These are differentiable once; asking for a second derivative
   raises ``NotImplementedError`` (use ``NGP_BACKEND=reference`` for that).
 
+Storage precision: ``table`` is the float32 (or float64) *master* parameter; ``storage_dtype`` is the
+precision its values are read in (float16 halves the bytes per gather on a GPU). The definition is the
+encoding of ``table.to(storage_dtype).to(table.dtype)``, features in ``table.dtype``; the table gradient
+is straight-through: the gradient of the rounded copy, handed to the master unchanged (accumulated in
+float32, never rounded to float16). The op casts the table once per call (and once more in backward,
+only for the x-gradient) and hands the kernels that copy.
+
 A kernel family is a module in :data:`KERNELS` that exposes two functions::
 
     forward(x, table, layout, interpolation) -> Tensor
-        x [N, d], table [n_rows, F] (same device and float dtype), layout: GridLayout,
-        interpolation: int (INTERPOLATIONS[name]) -> features [N, L*F] in table.dtype.
+        x [N, d] (float32 or float64), table [n_rows, F] in its storage dtype (x.dtype or narrower,
+        e.g. float16), same device; layout: GridLayout, interpolation: int (INTERPOLATIONS[name])
+        -> features [N, L*F] in x.dtype.
     backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
-        grad_out [N, L*F] -> (grad_table [n_rows, F] or None, grad_x [N, d] or None),
-        each None unless asked for.
+        grad_out [N, L*F] in x.dtype -> (grad_table [n_rows, F] in x.dtype (the accumulator: float32,
+        float64 for float64 x) or None, grad_x [N, d] or None), each None unless asked for.
+        ``table`` holds the storage values when needs_x_grad; otherwise only its shape is used.
 
-Both receive contiguous tensors with N > 0, already validated here. Adding a family is one entry.
+Both receive contiguous tensors with N > 0, already validated here. A family that cannot read a
+narrower dtype widens the table first (the Numba family does: same numbers, no bandwidth saved).
+Adding a family is one entry.
 """
 
 from __future__ import annotations
@@ -76,14 +87,16 @@ def _encode_op(
     offsets: list[int],
     hashed: list[bool],
     interpolation: int,
+    storage: torch.dtype,
 ) -> torch.Tensor:
     layout = _layout(x, table, resolutions, offsets, hashed)
-    return _kernels_for(x).forward(x.contiguous(), table.contiguous(), layout, interpolation)
+    stored = table.contiguous().to(storage)  # the one cast per call (a no-op without narrower storage)
+    return _kernels_for(x).forward(x.contiguous(), stored, layout, interpolation)
 
 
 @_encode_op.register_fake
-def _(x, table, resolutions, offsets, hashed, interpolation):
-    return table.new_empty(x.shape[0], len(resolutions) * table.shape[1])
+def _(x, table, resolutions, offsets, hashed, interpolation, storage):
+    return x.new_empty(x.shape[0], len(resolutions) * table.shape[1])
 
 
 @torch.library.custom_op("ngp::hash_grid_encode_backward", mutates_args=())
@@ -95,29 +108,33 @@ def _encode_backward_op(
     offsets: list[int],
     hashed: list[bool],
     interpolation: int,
+    storage: torch.dtype,
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     layout = _layout(x, table, resolutions, offsets, hashed)
+    # The table gradient does not read table values: cast again only for the x-gradient.
+    stored = table.contiguous().to(storage) if needs_x_grad else table.contiguous()
     grad_table, grad_x = _kernels_for(x).backward(
-        grad_out.contiguous(), x.contiguous(), table.contiguous(), layout, interpolation, needs_table_grad, needs_x_grad
+        grad_out.contiguous(), x.contiguous(), stored, layout, interpolation, needs_table_grad, needs_x_grad
     )
-    # A custom op cannot return None: an empty tensor stands for "not asked for".
-    empty = table.new_empty(0)
-    return (grad_table if grad_table is not None else empty, grad_x if grad_x is not None else empty)
+    # A custom op cannot return None: an empty tensor stands for "not asked for". The table gradient
+    # is the master's (straight-through), in the master's dtype, whatever the storage.
+    grad_table = grad_table.to(table.dtype) if grad_table is not None else table.new_empty(0)
+    return grad_table, grad_x if grad_x is not None else x.new_empty(0)
 
 
 @_encode_backward_op.register_fake
-def _(grad_out, x, table, resolutions, offsets, hashed, interpolation, needs_table_grad, needs_x_grad):
+def _(grad_out, x, table, resolutions, offsets, hashed, interpolation, storage, needs_table_grad, needs_x_grad):
     grad_table = table.new_empty(table.shape if needs_table_grad else (0,))
     grad_x = x.new_empty(x.shape if needs_x_grad else (0,))
     return grad_table, grad_x
 
 
 def _setup_context(ctx, inputs, output):
-    x, table, resolutions, offsets, hashed, interpolation = inputs
-    ctx.save_for_backward(x, table)
-    ctx.layout_args = (resolutions, offsets, hashed, interpolation)
+    x, table, resolutions, offsets, hashed, interpolation, storage = inputs
+    ctx.save_for_backward(x, table)  # the master, not the cast copy: no extra memory between passes
+    ctx.layout_args = (resolutions, offsets, hashed, interpolation, storage)
 
 
 def _backward(ctx, grad_out):
@@ -127,6 +144,7 @@ def _backward(ctx, grad_out):
     return (
         grad_x if needs_x_grad else None,
         grad_table if needs_table_grad else None,
+        None,
         None,
         None,
         None,
@@ -169,27 +187,67 @@ def _validate(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpol
         raise ValueError(f"x and table must be on the same device, got x: {x.device}, table: {table.device}")
 
 
+def storage_dtype_for(table: torch.Tensor, storage_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype the table's values are read in: ``storage_dtype``, or ``table.dtype`` for ``None``.
+
+    Allowed: ``torch.float16``, ``torch.float32`` or ``table.dtype``, not wider than ``table.dtype``;
+    anything else raises ``TypeError``.
+    """
+    if storage_dtype is None:
+        return table.dtype
+    if storage_dtype not in (torch.float16, torch.float32, table.dtype) or storage_dtype.itemsize > table.itemsize:
+        raise TypeError(
+            f"storage_dtype={storage_dtype!r} is not supported for a {table.dtype} table; "
+            f"expected torch.float16, torch.float32 or the table's dtype"
+        )
+    return storage_dtype
+
+
+def _straight_through(table: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """``table`` rounded to ``storage`` (value), with the identity as its derivative (any order)."""
+    if storage == table.dtype:
+        return table
+    return table + (table.to(storage).to(table.dtype) - table).detach()
+
+
 def hash_grid_encode(
-    x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: str = "Linear"
+    x: torch.Tensor,
+    table: torch.Tensor,
+    layout: GridLayout,
+    interpolation: str = "Linear",
+    storage_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Encode points with a multiresolution hash grid; differentiable w.r.t. ``table`` and ``x``.
 
     Args:
         x: ``[N, d]`` coordinates, ``d == layout.n_dims``; clamped to ``[0, 1]`` (zero gradient outside).
-        table: ``[layout.n_rows, layout.n_features]`` parameters, same dtype and device as ``x``.
+        table: ``[layout.n_rows, layout.n_features]`` parameters (the master copy: float32 or
+            float64), same dtype and device as ``x``.
         layout: the grid's geometry (:class:`ngp.kernels.reference.hashgrid.GridLayout`).
         interpolation: ``"Linear"``, ``"Smoothstep"`` or ``"Nearest"``.
+        storage_dtype: the precision the table's values are read in: ``None`` (``table.dtype``),
+            ``torch.float16`` or ``torch.float32``. Values are rounded to it; features and both
+            gradients stay in ``table.dtype``, and the table gradient is straight-through (that of
+            the rounded copy). float16 saves memory traffic on GPUs (Triton gathers from a half-size
+            copy); the Numba kernels emulate it on a rounded float32 copy (same numbers, slower).
 
     Returns:
-        ``[N, L * F]`` features, level by level; the definition is
-        :func:`ngp.kernels.reference.hashgrid.hash_grid_encode`.
+        ``[N, L * F]`` features in ``table.dtype``, level by level; the definition is
+        :func:`ngp.kernels.reference.hashgrid.hash_grid_encode` of ``table.to(storage_dtype)``.
     """
     _validate(x, table, layout, interpolation)
+    storage = storage_dtype_for(table, storage_dtype)
     if backend_for(x.device) == "reference":
-        return reference.hash_grid_encode(x, table, layout, interpolation)
+        return reference.hash_grid_encode(x, _straight_through(table, storage), layout, interpolation)
     if x.shape[0] == 0:
         # Nothing to encode: an empty result still connected to x and table (their gradients are zero).
-        return table.new_zeros(0, layout.n_output_dims) + 0 * (x.sum() + table.sum())
+        return x.new_zeros(0, layout.n_output_dims) + 0 * (x.sum() + table.sum())
     return _encode_op(
-        x, table, list(layout.resolutions), list(layout.offsets), list(layout.hashed), INTERPOLATIONS[interpolation]
+        x,
+        table,
+        list(layout.resolutions),
+        list(layout.offsets),
+        list(layout.hashed),
+        INTERPOLATIONS[interpolation],
+        storage,
     )

@@ -5,9 +5,13 @@ The definition lives in :mod:`ngp.kernels.reference.hashgrid`; these kernels com
 
 * the kernel-family interface of :mod:`ngp.ops.hashgrid` (torch tensors in and out):
 
-  - ``forward(x, table, layout, interpolation) -> [N, L*F]``;
+  - ``forward(x, table, layout, interpolation) -> [N, L*F]`` in ``x.dtype``;
   - ``backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
-    -> (grad_table or None, grad_x or None)``;
+    -> (grad_table in x.dtype or None, grad_x or None)``;
+
+  a table stored narrower than ``x`` (float16 storage, see :func:`ngp.ops.hash_grid_encode`) is
+  widened to ``x.dtype`` first: Numba has no float16 arithmetic, so float16 storage is *emulated*
+  here (the same numbers as the GPU kernels, plus a cast per call: slower, it only pays off on GPUs);
 
 * NumPy entry points writing into arrays the caller allocates (zero-copy views of CPU tensors):
   ``encode``, ``table_grad``, ``input_grad``;
@@ -637,11 +641,18 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _widened(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The table in ``x``'s dtype when it is stored narrower (float16): the kernels read one dtype."""
+    if table.is_floating_point() and table.element_size() < x.element_size():
+        return table.to(x.dtype)
+    return table
+
+
 def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int) -> torch.Tensor:
-    """``x [N, d]``, ``table [rows, F]`` (CPU, same float dtype) -> ``[N, L*F]`` features."""
-    xs, ts = _numpy(x), _numpy(table)
+    """``x [N, d]``, ``table [rows, F]`` (CPU; x's dtype or narrower) -> ``[N, L*F]`` features in x.dtype."""
+    xs, ts = _numpy(x), _numpy(_widened(table, x))
     meta, scales = constants(layout, xs.dtype)
-    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=table.dtype)
+    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype)
     encode(xs, ts, meta, scales, interpolation, out.numpy())
     return out
 
@@ -655,13 +666,14 @@ def backward(
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of the loss w.r.t. ``table`` and ``x`` (each ``None`` unless asked for)."""
+    """Gradients of the loss w.r.t. ``table`` (in ``x.dtype``) and ``x`` (each ``None`` unless asked for)."""
+    table = _widened(table, x)
     xs, ts, gs = _numpy(x), _numpy(table), _numpy(grad_out)
     meta, scales = constants(layout, xs.dtype)
     grads = _level_major_grads(gs, meta, table.shape[1])
     grad_table = grad_x = None
     if needs_table_grad:
-        grad_table = torch.empty(table.shape, dtype=table.dtype)  # zeroed level by level in the kernel
+        grad_table = torch.empty(table.shape, dtype=x.dtype)  # zeroed level by level in the kernel
         table_grad(xs, gs, meta, scales, interpolation, grad_table.numpy(), grads)
     if needs_x_grad:
         grad_x = torch.empty(x.shape, dtype=x.dtype)

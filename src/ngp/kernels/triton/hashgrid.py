@@ -7,9 +7,10 @@ interpreter) instead of NumPy arrays:
 
 * the kernel-family interface of :mod:`ngp.ops.hashgrid`:
 
-  - ``forward(x, table, layout, interpolation) -> [N, L*F]`` in ``table.dtype``;
+  - ``forward(x, table, layout, interpolation) -> [N, L*F]`` in ``x.dtype`` (the compute dtype);
   - ``backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
-    -> (grad_table [rows, F] in table.dtype or None, grad_x [N, d] or None)``;
+    -> (grad_table [rows, F] in the float32 accumulator (float64 for float64) or None,
+    grad_x [N, d] or None)``;
 
 * the launchers, writing into tensors the caller allocates:
 
@@ -26,8 +27,9 @@ Precision: the table may be stored in float16, float32 or float64. Positions, we
 computed in float32 (float64 when ``x`` or the table is float64) whatever the storage, so float16
 tables are best used with float32 ``x`` (float16 coordinates cannot resolve a cell of a 2048^3 grid).
 The table gradient is accumulated in a float32 (float64) buffer: atomic adds of many points into one
-row would lose most of their bits in float16. ``backward`` casts it to the table's dtype at the end,
-as the op expects (see ``docs/gpu.md`` for keeping a float32 master copy instead).
+row would lose most of their bits in float16. ``backward`` returns that buffer as it is: it is the
+gradient of the float32 master parameter whose float16 copy the op passed in (straight-through, see
+:func:`ngp.ops.hash_grid_encode` and its ``storage_dtype``).
 
 GPU layout:
 
@@ -410,7 +412,7 @@ def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tens
 
 
 def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int) -> torch.Tensor:
-    """``x [N, d]``, ``table [rows, F]`` (one device) -> ``[N, L*F]`` features in ``table.dtype``.
+    """``x [N, d]``, ``table [rows, F]`` (one device; float16 storage allowed) -> ``[N, L*F]`` in ``x.dtype``.
 
     Example::
 
@@ -419,7 +421,7 @@ def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolat
         torch.Size([262144, 32])
     """
     meta, scales = constants(layout, x.device, compute_dtype(x, table))
-    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=table.dtype, device=x.device)
+    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype, device=x.device)
     encode(x.contiguous(), table.contiguous(), meta, scales, interpolation, out)
     return out
 
@@ -433,15 +435,18 @@ def backward(
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of the loss w.r.t. ``table`` (in ``table.dtype``) and ``x`` (each ``None`` unless asked for)."""
+    """Gradients of the loss w.r.t. ``table`` and ``x`` (each ``None`` unless asked for).
+
+    ``grad_table [rows, F]`` is the float32 accumulator (float64 when ``x`` or the table is float64),
+    not cast to a float16 table's dtype: it is the gradient of the float32 master parameter.
+    """
     x, table, grad_out = x.contiguous(), table.contiguous(), grad_out.contiguous()
-    meta, scales = constants(layout, x.device, compute_dtype(x, table))
+    accumulator = compute_dtype(x, table)
+    meta, scales = constants(layout, x.device, accumulator)
     grad_table = grad_x = None
     if needs_table_grad:
-        accumulator = torch.float64 if table.dtype == torch.float64 else torch.float32
         grad_table = torch.empty(table.shape, dtype=accumulator, device=x.device)
         table_grad(x, grad_out, meta, scales, interpolation, grad_table)
-        grad_table = grad_table.to(table.dtype)  # a no-op unless the table is stored in float16
     if needs_x_grad:
         grad_x = torch.empty_like(x)
         input_grad(x, table, grad_out, meta, scales, interpolation, grad_x)

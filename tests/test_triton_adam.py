@@ -1,0 +1,132 @@
+"""The Triton Adam kernel against the plain-PyTorch reference, through Triton's interpreter (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the Triton kernels need the 'triton' package (pip install 'ngp[gpu]')")
+
+from ngp.kernels.reference import adam as reference_adam  # noqa: E402
+from ngp.kernels.triton import adam as triton_adam  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
+
+def _run(fn, start, steps, sparse, l2, lr=0.01, seed=1):
+    p, m, v = (t.clone() for t in start)
+    counts = torch.zeros(p.shape, dtype=torch.int32)
+    g = torch.Generator().manual_seed(seed)
+    for step in steps:
+        grad = torch.randn(p.shape, generator=g)
+        grad.view(-1)[step::3] = 0  # different entries untouched each step: per-entry counts diverge
+        fn(p, grad, m, v, step, lr, 0.9, 0.99, 1e-15, l2, counts if sparse else None)
+    return p, m, v, counts
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_triton_adam_matches_reference(sparse, l2):
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(3000, generator=g) for _ in range(3)]  # not a multiple of the block size
+    start[2] = start[2].abs()
+    steps = (1, 2, 3, 4)
+    expected = _run(reference_adam.adam_step_, start, steps, sparse, l2)
+    got = _run(triton_adam.adam_step_, start, steps, sparse, l2)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-6)
+    assert not torch.equal(got[0], start[0])
+    if sparse:
+        # entry 0 is never zeroed; i = 1 mod 3 is zeroed at steps 1 and 4, the others at one step
+        assert got[3][0] == 4 and got[3][1::3][1:].eq(2).all() and got[3][2::3].eq(3).all()
+
+
+def test_2d_parameters_and_a_long_bias_correction_table():
+    # tables are [rows, F]; a step count beyond the cached correction table's first size grows it
+    g = torch.Generator().manual_seed(2)
+    start = [torch.randn(70, 2, generator=g) for _ in range(3)]
+    start[2] = start[2].abs()
+    counts_start = torch.full((70, 2), 1500, dtype=torch.int32)
+    results = []
+    for fn in (reference_adam.adam_step_, triton_adam.adam_step_):
+        p, m, v = (t.clone() for t in start)
+        counts = counts_start.clone()
+        grad = torch.randn(70, 2, generator=torch.Generator().manual_seed(3))
+        fn(p, grad, m, v, 2000, 0.01, 0.9, 0.99, 1e-15, 0.0, counts)
+        results.append((p, m, v, counts))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-6)
+    assert triton_adam.bias_corrections(0.9, 0.99, 2000, torch.device("cpu")).numel() > 2000
+
+
+def test_optimizer_uses_the_triton_kernel_when_asked(monkeypatch):
+    import ngp
+    from ngp.optim import _adam_kernel_for
+
+    monkeypatch.setenv("NGP_BACKEND", "triton")
+    tensors = tuple(torch.zeros(8) for _ in range(4))
+    assert _adam_kernel_for(tensors) is triton_adam.adam_step_
+    assert _adam_kernel_for(tuple(t.double() for t in tensors)) is reference_adam.adam_step_  # float32 only
+    monkeypatch.setenv("NGP_BACKEND", "auto")
+    assert _adam_kernel_for(tensors) is not triton_adam.adam_step_  # CPU tensors: Numba
+
+    # and a whole optimizer step through it equals the reference's
+    monkeypatch.setenv("NGP_BACKEND", "triton")
+    torch.manual_seed(0)
+    model = ngp.NetworkWithInputEncoding(2, 1, {"otype": "HashGrid", "n_levels": 2, "log2_hashmap_size": 6,
+                                                "base_resolution": 4}, {"otype": "MLP", "n_neurons": 16})
+    reference = __import__("copy").deepcopy(model)
+    x = torch.rand(32, 2)
+    for m, backend in ((model, "triton"), (reference, "reference")):
+        monkeypatch.setenv("NGP_BACKEND", backend)
+        opt = ngp.build_optimizer({"otype": "Adam", "learning_rate": 1e-2, "l2_reg": 1e-4}, m)
+        for _ in range(2):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_kernel_compiles_for_an_h100_without_a_gpu(monkeypatch, sparse):
+    """The interpreter accepts code the compiler rejects: compile to sm_90 with Triton's own ptxas."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import triton
+
+    from ngp.kernels.triton import kernels_for_mode
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:  # pragma: no cover - depends on the Triton version
+        pytest.skip(f"this Triton has no offline compile API: {exc}")
+    fn = kernels_for_mode(triton_adam.__name__)._adam_kernel
+    types = {"param_ptr": "*fp32", "grad_ptr": "*fp32", "m_ptr": "*fp32", "v_ptr": "*fp32",
+             "steps_ptr": "*i32" if sparse else "*fp32", "corrections_ptr": "*fp32", "n": "i32",
+             "lr": "fp32", "beta1": "fp32", "beta2": "fp32", "eps": "fp32", "l2_reg": "fp32"}
+    signature = {arg: types.get(arg, "constexpr") for arg in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs={"SPARSE": sparse, "BLOCK": 1024}),
+                            target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": True})
+    assert len(kernel.asm["cubin"]) > 0
+    assert ("st.global.b32" in kernel.asm["ptx"] or "st.global.v4.b32" in kernel.asm["ptx"]) if not sparse else True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the GPU machine)")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_cuda_kernel_matches_reference(monkeypatch, sparse):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(1 << 20, generator=g) for _ in range(3)]
+    start[2] = start[2].abs()
+    expected = _run(reference_adam.adam_step_, start, (1, 2, 3), sparse, 1e-3)
+    p, m, v = (t.cuda() for t in start)
+    counts = torch.zeros(1 << 20, dtype=torch.int32, device="cuda")
+    gen = torch.Generator().manual_seed(1)  # the grads _run draws
+    for step in (1, 2, 3):
+        grad = torch.randn(1 << 20, generator=gen)
+        grad[step::3] = 0
+        triton_adam.adam_step_(p, grad.cuda(), m, v, step, 0.01, 0.9, 0.99, 1e-15, 1e-3, counts if sparse else None)
+    for a, b in zip(expected, (p, m, v, counts)):
+        torch.testing.assert_close(b.cpu(), a, rtol=2e-5, atol=1e-6)
