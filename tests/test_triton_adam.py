@@ -130,3 +130,38 @@ def test_cuda_kernel_matches_reference(monkeypatch, sparse):
         triton_adam.adam_step_(p, grad.cuda(), m, v, step, 0.01, 0.9, 0.99, 1e-15, 1e-3, counts if sparse else None)
     for a, b in zip(expected, (p, m, v, counts)):
         torch.testing.assert_close(b.cpu(), a, rtol=2e-5, atol=1e-6)
+
+
+def test_a_mixed_precision_training_loop_matches_the_reference(monkeypatch):
+    """What a GPU run does by default, on the CPU: float16 table storage, float16 MLP under autocast
+    with loss scaling, the Triton encoding and Adam kernels; against the same loop on the reference."""
+    import copy
+
+    import ngp
+    from ngp.training import MixedPrecision
+
+    torch.manual_seed(0)
+    encoding = {"otype": "HashGrid", "n_levels": 3, "log2_hashmap_size": 8, "base_resolution": 4,
+                "storage_dtype": "float16"}
+    model = ngp.NetworkWithInputEncoding(3, 2, encoding, {"otype": "MLP", "n_neurons": 16})
+    reference = copy.deepcopy(model)
+    x = torch.rand(128, 3, generator=torch.Generator().manual_seed(1))
+    target = torch.stack([x.sum(1), x[:, 0] * x[:, 1]], dim=1)
+    results = []
+    for m, backend in ((model, "triton"), (reference, "reference")):
+        monkeypatch.setenv("NGP_BACKEND", backend)
+        opt = ngp.build_optimizer({"otype": "Adam", "learning_rate": 1e-2}, m)
+        amp = MixedPrecision("cpu", "float16")
+        losses = []
+        for _ in range(4):
+            opt.zero_grad()
+            with amp.autocast():
+                prediction = m(x)
+            loss = torch.nn.functional.mse_loss(prediction, target)
+            assert amp.backward_and_step(loss, opt)
+            losses.append(loss.item())
+        results.append(losses)
+    assert results[0][-1] < results[0][0]
+    torch.testing.assert_close(results[0], results[1], rtol=1e-3, atol=1e-5)
+    assert model.encoding.table.dtype == torch.float32
+    torch.testing.assert_close(model.encoding.table, reference.encoding.table, rtol=1e-3, atol=1e-6)
