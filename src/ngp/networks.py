@@ -79,7 +79,10 @@ class Network(nn.Module):
             return self.layers(x)
         # Under autocast (mixed precision) the matrix products run in float16; the output activation
         # and whatever follows (exp of a log-density, losses) must not: exp overflows float16 at 11.
-        return self.layers[-1](self.layers[:-1](x).float())
+        *body, output_activation = self.layers
+        for layer in body:
+            x = layer(x)
+        return output_activation(x.float())
 
 
 class NetworkWithInputEncoding(nn.Module):

@@ -134,7 +134,7 @@ def _train(model, optimizer, loss_fn, target, seconds, steps, batch_size, seed, 
     while True:
         xy, values = target.sample(batch_size, generator)
         with amp.autocast():
-            prediction = model(xy).float()
+            prediction = model(xy)  # float32: ngp.Network leaves autocast in float32
         loss = loss_fn(prediction, values)
         optimizer.zero_grad()
         amp.backward_and_step(loss, optimizer)

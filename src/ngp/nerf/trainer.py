@@ -72,15 +72,11 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], device: torch.device | None = None) -> "TrainSettings":
-        """Settings from ``values`` over the defaults for ``device`` (see :meth:`for_device`)."""
+        """Settings from ``values`` over the defaults for ``device`` (see :meth:`defaults_for`)."""
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"training settings: unknown key(s) {', '.join(map(repr, unknown))}")
         return cls(**{**cls.defaults_for(device), **values})
-
-    @classmethod
-    def for_device(cls, device: torch.device | None) -> "TrainSettings":
-        return cls(**cls.defaults_for(device))
 
     @staticmethod
     def defaults_for(device: torch.device | None) -> dict[str, Any]:
@@ -147,7 +143,7 @@ class NerfTrainer:
                  device: str | torch.device = "auto", precision: str = "auto"):
         self.device = resolve_device(device)
         self.amp = MixedPrecision(self.device, precision)
-        self.settings = settings or TrainSettings.for_device(self.device)
+        self.settings = settings or TrainSettings.from_dict({}, self.device)
         self.config = parse_nerf_config(config)
         self.dataset = dataset
         #: ``[n, 3, 4]`` training camera poses (kept in checkpoints, for orbit videos)
@@ -225,7 +221,7 @@ class NerfTrainer:
 
         with self.amp.autocast():  # the MLPs in float16 on a GPU; marching and compositing stay float32/64
             out = self.renderer.render_rays(origins, directions, background, self.generator, compact=s.compact)
-        loss = self.loss_fn(out.color.float(), target)
+        loss = self.loss_fn(out.color, target)  # float32: compositing takes and returns float32
         self.optimizer.zero_grad()
         self.amp.backward_and_step(loss, self.optimizer)
 

@@ -57,7 +57,7 @@ def _adam_kernel(param_ptr, grad_ptr, m_ptr, v_ptr, steps_ptr, corrections_ptr, 
         tl.store(steps_ptr + offs, count, mask=mask)
         size = lr * tl.load(corrections_ptr + count, mask=mask, other=0.0)
     else:
-        size = lr * tl.load(corrections_ptr)
+        size = lr  # the host folded the bias correction in
     tl.store(m_ptr + offs, m, mask=mask)
     tl.store(v_ptr + offs, v, mask=mask)
     tl.store(param_ptr + offs, p - size * m / (tl.sqrt(v) + eps), mask=mask)
@@ -91,9 +91,9 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2
     if n == 0:
         return
     if param_steps is None:
-        correction = math.sqrt(1 - beta2**step) / (1 - beta1**step)
-        corrections = torch.tensor([correction], dtype=torch.float32, device=param.device)
-        steps = corrections  # unused by the dense variant
+        # one step size for all entries: a scalar argument (in float64 here, float32 in the kernel)
+        lr = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        steps = corrections = param  # pointers the dense variant never reads
     else:
         if param_steps.dtype != torch.int32 or not param_steps.is_contiguous():
             raise ValueError(f"param_steps must be contiguous int32, got {param_steps.dtype}")
