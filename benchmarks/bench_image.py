@@ -24,7 +24,7 @@ if "--spin" not in sys.argv:
 
 import torch  # noqa: E402
 
-from ngp.image import DEFAULT_BATCH_SIZE, fit_image, image_config  # noqa: E402
+from ngp.image import fit_image, image_config  # noqa: E402
 from ngp.ops.backend import requested_backend  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--steps", type=int, default=None, help="step limit instead of / as well as time")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--log2-hashmap-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--config", default=None, help="config file merged over the defaults (before the flags above)")
@@ -73,7 +73,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
-        metrics = fit_image(image, out, seconds=args.seconds, steps=args.steps, config=config,
+        metrics = fit_image(image, out, seconds=args.seconds, steps=args.steps, config=config or None,
                             batch_size=args.batch_size, progress=not args.quiet)
     print(
         f"bench_image: {image.name} {metrics['image']['width']}x{metrics['image']['height']} | "

@@ -8,10 +8,10 @@
 1/4 uniform, in the unit cube) and counts sign errors against libigl's exact generalised winding
 number; candidates whose package is missing are skipped (pysdf needs a C++ compiler and Eigen).
 
-``fit`` trains once and evaluates at each budget (the clock stops while evaluating, so a 120 s point
-is the same as a separate 120 s run): IoU on a 128^3 grid and on near-surface samples, Chamfer
-distance of the 256^3 marching-cubes mesh, steps reached. Time budgets include filling the sample
-pool, as ``ngp sdf fit --seconds`` does.
+``fit`` trains once through the shared loop and evaluates at each budget (the clock stops while
+evaluating, so a 120 s point is the same as a separate 120 s run): IoU on a 128^3 grid and on
+near-surface samples, Chamfer distance of the 256^3 marching-cubes mesh, steps reached. Time budgets
+include filling the sample pool, as ``ngp sdf fit --seconds`` does.
 """
 
 from __future__ import annotations
@@ -130,47 +130,54 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
 
 
 def bench_fit(args) -> None:
-    from ngp.config import load_config
-    from ngp.io.meshes import load_mesh
-    from ngp.sdf.extract import extract_mesh
-    from ngp.sdf.metrics import cell_centres, chamfer_distance, iou, model_inside, near_surface_agreement
-    from ngp.sdf.sampling import SampleGenerator
-    from ngp.sdf.trainer import SDFTrainer, sdf_config
+    """One run through the shared loop, continued budget by budget (the loop's clock counts training
+    steps only, so a 120 s point is the same as a separate 120 s run); each stop writes the run's
+    outputs, whose metrics are the figures."""
+    import tempfile
 
-    config = sdf_config(apply_overrides(sdf_config(load_config(args.config) if args.config else None), args.set))
-    trainer = SDFTrainer(load_mesh(args.mesh), config, seed=args.seed)
-    points = cell_centres(trainer.aabb[0], trainer.aabb[1], 128)
-    start = time.perf_counter()
-    truth = trainer.gt.inside(points)
+    from ngp.config import load_config
+    from ngp.io.runs import RunFolder
+    from ngp.sdf.trainer import SDFOutputs, build_sdf_task
+    from ngp.train.loop import LoopState, train
+    from ngp.train.precision import resolve_device
+    from ngp.train.settings import LoopSettings, build_config
+
+    device = resolve_device("auto")
+    user = apply_overrides(load_config(args.config) if args.config else {}, args.set)
+    config = build_config("sdf", user, {"data": str(Path(args.mesh).resolve()), "seed": args.seed}, device)
+    torch.manual_seed(args.seed)
+    task = build_sdf_task(config, device, "auto", SDFOutputs(resolution=args.resolution))
     print(f"{Path(args.mesh).name}: config {json.dumps(config['training'])}, lr "
           f"{config['optimizer'].get('nested', {}).get('nested', config['optimizer']).get('learning_rate')}, "
-          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
-          f"(grid ground truth {time.perf_counter() - start:.1f} s)")
+          f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'budget':>8s} {'steps':>6s} {'train s':>8s} {'pool s':>7s} {'IoU grid':>9s} {'IoU near':>9s} "
           f"{'chamfer unit':>13s} {'chamfer mesh':>13s} {'loss':>8s} {'load':>5s}")
-    generator = SampleGenerator(trainer.gt, trainer.aabb, np.random.default_rng(args.seed + 1))
     budgets = [("s", float(s)) for s in args.seconds.split(",") if s] + [("steps", int(s)) for s in args.steps.split(",") if s]
-    results = []
-    for kind, value in budgets:
-        if kind == "s":
-            trainer.train(seconds=max(0.0, value - trainer.seconds_training), progress=False)
-        else:
-            trainer.train(steps=max(0, value - trainer.n_steps), progress=False)
-        with trainer.optimizer.averaged_weights():
-            grid = iou(model_inside(trainer.model, points), truth)
-            near = near_surface_agreement(trainer.model, generator, 2**17)
-            vertices, faces = extract_mesh(trainer.model, args.resolution, unit=True)
-        chamfer = chamfer_distance(vertices, faces, trainer.gt.vertices, trainer.gt.faces, 100_000)
-        scale = trainer.model.normalization.scale
-        loss = float(np.mean([h[1] for h in trainer.history[-20:]]))
-        row = {"budget": f"{value:g}{kind}", "steps": trainer.n_steps, "seconds": trainer.seconds_training,
-               "seconds_pool": trainer.seconds_pool, "iou_grid": grid, "iou_near": near["iou"],
-               "chamfer_unit": chamfer, "chamfer_mesh": chamfer * scale, "loss": loss, "load": os.getloadavg()[0]}
-        results.append(row)
-        print(f"{row['budget']:>8s} {row['steps']:6d} {row['seconds']:8.1f} {row['seconds_pool']:7.1f} {grid:9.4f} "
-              f"{near['iou']:9.4f} {chamfer:13.3e} {chamfer * scale:13.3e} {loss:8.4f} {row['load']:5.1f}", flush=True)
+    state, results, metrics = LoopState(), [], None
+    with tempfile.TemporaryDirectory(prefix="bench_sdf_") as folder:
+        run = RunFolder.create(folder).start()
+        for kind, value in budgets:
+            left = value - (state.seconds if kind == "s" else state.step)
+            if left > 0 or metrics is None:
+                left = max(left, 1)
+                settings = LoopSettings(seconds=left, checkpoint_every=0) if kind == "s" else \
+                    LoopSettings(steps=int(left), checkpoint_every=0)
+                metrics = train(task, run, settings, state, progress=False, log=lambda message: None)
+            row = {"budget": f"{value:g}{kind}", "steps": state.step, "seconds": state.seconds,
+                   "seconds_pool": metrics["seconds_ground_truth_pool"], "iou_grid": metrics["iou_grid"],
+                   "iou_near": metrics["iou_near_surface"], "chamfer_unit": metrics["chamfer_unit_cube"],
+                   "chamfer_mesh": metrics["chamfer_mesh_units"], "loss": metrics["final_loss"],
+                   "load": os.getloadavg()[0]}
+            results.append(row)
+            print(f"{row['budget']:>8s} {row['steps']:6d} {row['seconds']:8.1f} {row['seconds_pool']:7.1f} "
+                  f"{row['iou_grid']:9.4f} {row['iou_near']:9.4f} {_number(row['chamfer_unit']):>13s} "
+                  f"{_number(row['chamfer_mesh']):>13s} {row['loss']:8.4f} {row['load']:5.1f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"mesh": str(args.mesh), "config": config, "results": results}, indent=2))
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3e}"
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
-"""The compiled hash-grid kernels (Numba) and the op against the plain-PyTorch reference."""
+"""The compiled hash-grid kernels (Numba) and the op against the plain-PyTorch reference.
+
+These batches are smaller than ``PARALLEL_MIN_POINTS``: the kernels run on the calling thread only.
+The multithreaded branch is compared with the reference in ``tests/test_hashgrid_parallel.py``.
+"""
 
 from __future__ import annotations
 

@@ -135,6 +135,74 @@ def test_corrupt_file_is_a_value_error_naming_it(tmp_path, ext):
         read_image(path)
 
 
+def _valid_image(path):
+    write_image(path, smooth_rgb() / 255.0 if path.suffix == ".exr" else smooth_rgb())
+    return path
+
+
+def _one_line_error_naming(path, error) -> str:
+    message = str(error.value)
+    assert path.name in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".exr"])
+def test_empty_file_is_named_as_empty(tmp_path, ext):
+    path = tmp_path / f"blank{ext}"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as error:
+        read_image(path)
+    assert "the file is empty" in _one_line_error_naming(path, error)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".exr"])
+@pytest.mark.parametrize("kept", [0.3, 0.95])
+def test_truncated_file_is_named_as_truncated(tmp_path, ext, kept):
+    noise = np.random.default_rng(6).integers(0, 256, (40, 50, 3), dtype=np.uint8)  # every byte is pixel data
+    write_image(tmp_path / f"full{ext}", noise / 255.0 if ext == ".exr" else noise)
+    data = (tmp_path / f"full{ext}").read_bytes()
+    path = tmp_path / f"cut{ext}"
+    path.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(ValueError) as error:
+        read_image(path)
+    message = _one_line_error_naming(path, error)
+    assert "truncated or corrupt" in message and "limit" not in message
+
+
+@pytest.mark.parametrize(("real", "named", "hint"), [
+    (".png", ".jpg", "holds PNG data.*rename it to .png"),
+    (".jpg", ".png", "holds JPEG data.*rename it to .jpg"),
+    (".tif", ".png", "holds TIFF data.*rename it to .tif"),
+    (".exr", ".tiff", "holds OpenEXR data.*rename it to .exr"),
+    (".png", ".exr", "holds PNG data.*rename it to .png"),
+])
+def test_wrong_extension_names_the_real_format(tmp_path, real, named, hint):
+    path = tmp_path / f"photo{named}"
+    path.write_bytes(_valid_image(tmp_path / f"real{real}").read_bytes())
+    with pytest.raises(ValueError, match=hint) as error:
+        read_image(path)
+    _one_line_error_naming(path, error)
+
+
+def test_other_image_formats_are_named(tmp_path):
+    path = tmp_path / "anim.png"
+    path.write_bytes(b"GIF89a" + bytes(40))
+    with pytest.raises(ValueError, match="anim.png.*holds GIF data.*supported"):
+        read_image(path)
+
+
+def test_running_out_of_memory_names_the_file(tmp_path, monkeypatch):
+    import ngp.io.images as images
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.79 GiB")
+
+    monkeypatch.setattr(images, "_read_pillow", no_memory)
+    path = _valid_image(tmp_path / "big.png")
+    with pytest.raises(MemoryError, match="big.png.*not enough memory.*2.79 GiB"):
+        read_image(path)
+
+
 def test_nan_in_float_image_is_rejected(tmp_path):
     array = np.zeros((300, 4, 3), np.float32)
     array[290, 2, 1] = np.nan
@@ -143,12 +211,70 @@ def test_nan_in_float_image_is_rejected(tmp_path):
         read_image(tmp_path / "nan.exr")
 
 
-def test_write_is_atomic_on_failure(tmp_path):
+def test_bad_write_is_refused_before_any_file_is_created(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         write_image(tmp_path / "bad.png", np.zeros((2, 2, 7), np.uint8))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_image(tmp_path / "no" / "such.png", np.zeros((2, 2, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def _fail_half_way(path, *args, **kwargs):
+    """Stands in for a library writer: writes the start of a file, then fails (a full disk, say)."""
+    Path(path).write_bytes(b"half an image")
+    raise OSError("No space left on device")
+
+
+class _FailingExrFile:
+    """Stands in for OpenEXR.File: its write() fails half-way like :func:`_fail_half_way`."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, path):
+        _fail_half_way(path)
+
+
+def _break_writer(monkeypatch, ext):
+    """Make the library writer behind ``ext`` fail half-way through writing its file."""
+    if ext in (".png", ".jpg"):
+        import imageio.v3
+
+        monkeypatch.setattr(imageio.v3, "imwrite", _fail_half_way)
+    elif ext == ".tif":
+        import tifffile
+
+        monkeypatch.setattr(tifffile, "imwrite", _fail_half_way)
+    else:
+        import OpenEXR
+
+        monkeypatch.setattr(OpenEXR, "File", _FailingExrFile)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".exr"])
+def test_write_failing_half_way_leaves_no_file(tmp_path, monkeypatch, ext):
+    _break_writer(monkeypatch, ext)
+    with pytest.raises(OSError, match="No space left"):
+        write_image(tmp_path / f"new{ext}", smooth_rgb())
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".exr"])
+def test_write_failing_half_way_keeps_the_existing_file(tmp_path, monkeypatch, ext):
+    target = tmp_path / f"old{ext}"
+    write_image(target, smooth_rgb())
+    before = target.read_bytes()
+    _break_writer(monkeypatch, ext)
+    with pytest.raises(OSError, match="No space left"):
+        write_image(target, np.zeros((24, 32, 3), np.uint8))
+    assert target.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [target]
 
 
 def test_reads_the_shared_albert_exr_in_its_own_type():

@@ -269,14 +269,9 @@ def test_cuda_kernels_match_reference_on_the_paper_configuration(monkeypatch, ta
 
 @pytest.mark.parametrize("storage", [None, "float16"])
 def test_hash_grid_module_dispatches_to_triton(monkeypatch, storage):
-    import inspect
-
     import ngp
-    from ngp.ops import hashgrid as op_module
 
-    if "triton" not in inspect.getsource(op_module):
-        pytest.skip("ngp.ops.hashgrid does not dispatch to the Triton kernels yet")
-    calls = []
+    calls = []  # a module that stops dispatching to these kernels leaves this empty: the test fails
     for name in ("encode", "table_grad", "input_grad"):
         original = getattr(tk, name)
         monkeypatch.setattr(tk, name, lambda *a, _f=original, _n=name, **k: (calls.append((_n, a[1].dtype)),

@@ -19,9 +19,23 @@ class ConfigError(ValueError):
     """A config names an unknown type, an unknown key, or a value out of range."""
 
 
-def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+#: instant-ngp's inheritance key: ``"parent": "base.json"`` (relative to the file) is loaded first and
+#: this file is merged over it with :func:`merge_configs`.
+PARENT_KEY = "parent"
+#: How deep ``parent`` chains may go before we call it a cycle.
+MAX_PARENT_DEPTH = 16
+
+
+def load_config(source: str | Path | Mapping[str, Any], _depth: int = 0) -> dict[str, Any]:
     """Read a config from a JSON file (``//`` and ``/* */`` comments allowed, as instant-ngp's
-    own ``configs/*.json``) or copy a dict. Returns a plain, deep-copied dict."""
+    own ``configs/*.json``) or copy a dict. Returns a plain, deep-copied dict.
+
+    A file's ``"parent"`` key (instant-ngp's inheritance) names another config file, relative to this
+    one; it is loaded first (recursively) and this file is merged over it (:func:`merge_configs`).
+
+    Example:
+        >>> load_config("configs/nerf/small.json")   # {"parent": "base.json", "encoding": {...}}
+    """
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
     path = Path(source)
@@ -33,7 +47,44 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    parent = data.pop(PARENT_KEY, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"config file {path}: 'parent' must be a file name, got {parent!r}")
+    if _depth >= MAX_PARENT_DEPTH:
+        raise ConfigError(f"config file {path}: 'parent' chain deeper than {MAX_PARENT_DEPTH} (a cycle?)")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise FileNotFoundError(f"config file {path}: its parent {parent!r} not found at {parent_path}")
+    return merge_configs(load_config(parent_path, _depth + 1), data)
+
+
+def merge_configs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """The one merge rule of every config: ``override`` deep-merged over ``base``.
+
+    Objects merge key by key, recursively; any other value (numbers, strings, lists) replaces the
+    base's. One exception: an object whose ``otype`` differs from the base's (case-insensitively)
+    replaces it whole, because a new component type brings its own keys (``{"otype": "Frequency"}``
+    over a ``HashGrid`` must not inherit ``n_levels``). Neither argument is modified.
+
+    Example:
+        >>> merge_configs({"encoding": {"otype": "HashGrid", "n_levels": 16}},
+        ...               {"encoding": {"n_levels": 8}})
+        {'encoding': {'otype': 'HashGrid', 'n_levels': 8}}
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        old = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping) and not _new_otype(old, value):
+            merged[key] = merge_configs(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _new_otype(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return "otype" in new and str(new["otype"]).lower() != str(old.get("otype", "")).lower()
 
 
 def with_defaults(

@@ -192,6 +192,15 @@ class ExponentialMovingAverage:
         self.n_updates += 1
         torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - self.decay)
 
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        """Load the (bias-corrected) averaged weights into the model for good (no-op before the first
+        update): for a model that is only evaluated from now on."""
+        if self.n_updates:
+            correction = 1.0 - self.decay**self.n_updates
+            for p, avg in zip(self.params, self.averages):
+                p.copy_(avg / correction)
+
     @contextlib.contextmanager
     @torch.no_grad()
     def applied(self) -> Iterator[None]:

@@ -103,3 +103,46 @@ def test_bad_inputs():
         ImageTarget(np.zeros((2, 2, 3), np.uint8)).interpolate(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="shape"):
         ImageTarget(np.zeros((0, 2, 3), np.uint8))
+
+
+def test_target_of_a_read_png_shares_its_memory(tmp_path):
+    from ngp.io.images import read_image, write_image
+
+    write_image(tmp_path / "a.png", np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    image = read_image(tmp_path / "a.png")
+    target = ImageTarget(image)
+    assert target.stored.dtype == torch.uint8 and target.stored.data_ptr() == image.array.ctypes.data
+
+
+def _peak_rss_growth(work) -> int:
+    """Bytes by which peak resident memory rises while ``work()`` runs (C and torch memory included).
+    Linux only: writing 5 to /proc/self/clear_refs resets the peak (VmHWM)."""
+    def status(key):
+        with open("/proc/self/status") as file:
+            return next(int(line.split()[1]) * 1024 for line in file if line.startswith(key + ":"))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError as error:
+        pytest.skip(f"cannot reset the peak memory counter: {error}")
+    before = status("VmRSS")
+    work()
+    return status("VmHWM") - before
+
+
+def test_sampling_and_row_chunks_make_no_full_size_float_copy():
+    """A gigapixel photo is 3 GB as uint8 and 12 GB as float32: only batches and row chunks become float."""
+    image = np.full((4000, 6000, 3), 90, np.uint8)  # filled: resident before measuring
+
+    def train_and_evaluate():
+        target = ImageTarget(image)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            target.sample(1 << 16, generator)
+        for rows in list(target.row_chunks(1 << 18))[:8]:
+            target.pixels(rows)
+            target.pixel_centres(rows)
+
+    grown = _peak_rss_growth(train_and_evaluate)
+    assert grown < image.nbytes / 2, f"peak grew by {grown / 1e6:.0f} MB for a {image.nbytes / 1e6:.0f} MB image"

@@ -55,7 +55,7 @@ def test_cli_fit_writes_every_file_and_render_resizes(crop_png, tmp_path, small_
     assert result.exit_code == 0, output
     assert "PSNR" in output and "after 20 steps" in output  # the summary line
     for name in ("reconstruction.png", "metrics.json", "training.png", "checkpoint/model.safetensors",
-                 "checkpoint/config.json"):
+                 "checkpoint/checkpoint.json"):
         assert (out / name).is_file(), name
     assert not (out / "reconstruction.exr").exists()  # only for float inputs
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ngp.nerf.builtin_scene import main, make_builtin_scene, render_rays
-from ngp.nerf.cameras import generate_rays
+from ngp.geometry.cameras import generate_rays
 from ngp.nerf.datasets import load_dataset
 
 RES = 40
@@ -92,3 +92,62 @@ def test_command_line(tmp_path, capsys):
     main([str(tmp_path / "out"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--resolution", "8"])
     assert "wrote 2/1/1" in capsys.readouterr().out
     assert len(load_dataset(tmp_path / "out", "test")) == 1
+
+
+# ------------------------------------------------------------------- crash-safe generation
+def _crash_after(n_images: int, monkeypatch):
+    """Make the PNG writer raise after ``n_images`` images, as a crash (Ctrl-C, full disk) would."""
+    import imageio.v3 as iio
+
+    real, calls = iio.imwrite, []
+
+    def imwrite(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) > n_images:
+            raise OSError("simulated crash while writing an image")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(iio, "imwrite", imwrite)
+    return calls
+
+
+def test_a_crash_leaves_no_scene_that_looks_complete(tmp_path, monkeypatch):
+    out = tmp_path / "scene"
+    calls = _crash_after(3, monkeypatch)  # the 2 train images and 1 of the val ones
+    with pytest.raises(OSError, match="simulated crash"):
+        make_builtin_scene(out, n_train=2, n_val=2, n_test=2, resolution=8)
+    assert len(calls) == 4
+    # what consumers check today (runs.py looks for transforms_train.json) must not be there
+    assert not (out / "transforms_train.json").exists()
+    from ngp.nerf.builtin_scene import builtin_scene_is_complete
+
+    assert not builtin_scene_is_complete(out)
+    assert list(tmp_path.iterdir()) in ([], [out]), "the temporary folder is left behind"
+    monkeypatch.undo()
+    make_builtin_scene(out, n_train=2, n_val=2, n_test=2, resolution=8)  # the next call regenerates
+    assert builtin_scene_is_complete(out)
+    assert builtin_scene_is_complete(out, n_train=2, resolution=8)
+    assert not builtin_scene_is_complete(out, n_train=3)  # other parameters: not this scene
+    assert [len(load_dataset(out, s)) for s in ("train", "val", "test")] == [2, 2, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
+
+
+def test_a_half_written_scene_of_the_old_generator_is_replaced(tmp_path):
+    from ngp.nerf.builtin_scene import builtin_scene_is_complete
+
+    out = make_builtin_scene(tmp_path / "scene", n_train=2, n_val=1, n_test=1, resolution=8)
+    (out / "transforms_test.json").unlink()
+    (out / ".builtin_scene.json").unlink()  # as the generator before the marker left a crash
+    assert not builtin_scene_is_complete(out)
+    make_builtin_scene(out, n_train=2, n_val=1, n_test=1, resolution=8)
+    assert builtin_scene_is_complete(out) and len(load_dataset(out, "test")) == 1
+
+
+def test_a_folder_that_is_not_a_scene_is_left_alone(tmp_path):
+    from ngp.nerf.builtin_scene import builtin_scene_is_complete
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        make_builtin_scene(tmp_path, n_train=1, n_val=0, n_test=0, resolution=8)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert not builtin_scene_is_complete(tmp_path) and not builtin_scene_is_complete(tmp_path / "nowhere")

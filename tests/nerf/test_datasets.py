@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ngp.nerf import datasets
-from ngp.nerf.cameras import generate_rays
+from ngp.geometry.cameras import generate_rays
 from ngp.nerf.datasets import load_dataset, nerf_to_ngp_matrix
 
 W, H = 8, 6
@@ -162,7 +162,7 @@ def test_instant_ngp_format(tmp_path):
     meta = ngp_meta(3, scale=0.5, offset=[0.1, 0.2, 0.3])
     meta["frames"][1].update({"fl_x": 11.0, "cx": 3.7})  # per-frame override
     write_ngp(tmp_path, meta)
-    ds = load_dataset(tmp_path)
+    ds = load_dataset(tmp_path, "all")
     assert ds.format == "instant-ngp" and not ds.white_background and not ds.has_alpha
     assert ds.images.shape == (3, H, W, 3)
     assert ds.cameras.fx.tolist() == [9.0, 11.0, 9.0]
@@ -174,18 +174,19 @@ def test_instant_ngp_format(tmp_path):
     assert ds.aabb_scale == 4 and ds.aabb.tolist() == [[-1.5] * 3, [2.5] * 3]
     expected = nerf_to_ngp_matrix(np.asarray(look_at(CENTRES[0])), 0.5, (0.1, 0.2, 0.3))
     torch.testing.assert_close(ds.cameras.c2w[0], torch.tensor(expected, dtype=torch.float32))
-    assert load_dataset(tmp_path / "transforms.json").images.shape == ds.images.shape
+    assert load_dataset(tmp_path / "transforms.json", "all").images.shape == ds.images.shape
     rgba = ds.pixels_for_image(2)[2]
     assert (rgba[:, 3] == 1).all()  # RGB images read as opaque
 
 
 def test_single_file_holdout_splits(tmp_path):
+    # more in test_datasets_splits.py
     write_ngp(tmp_path, ngp_meta(10))
     names = lambda ds: [p.stem for p in ds.file_paths]  # noqa: E731
-    assert len(load_dataset(tmp_path, "train")) == 10  # instant-ngp trains on every frame
+    assert len(load_dataset(tmp_path, "all")) == 10  # what instant-ngp trains on
     assert names(load_dataset(tmp_path, "test")) == ["0000", "0008"]
     assert names(load_dataset(tmp_path, "val")) == ["0000", "0008"]
-    train = names(load_dataset(tmp_path, "train", exclude_holdout=True))
+    train = names(load_dataset(tmp_path, "train"))  # the validation frames are not trained on
     assert train == [f"{i:04d}" for i in range(10) if i % 8]
 
 
@@ -194,7 +195,7 @@ def test_focal_from_camera_angle_and_defaults(tmp_path):
     for key in ("fl_x", "fl_y", "cx", "cy", "w", "h"):
         del meta[key]
     meta["camera_angle_x"] = 1.0
-    ds = load_dataset(write_ngp(tmp_path, meta))
+    ds = load_dataset(write_ngp(tmp_path, meta), "all")
     focal = 0.5 * W / math.tan(0.5)
     torch.testing.assert_close(ds.cameras.fx, torch.full((2,), focal))
     torch.testing.assert_close(ds.cameras.fy, torch.full((2,), focal))
@@ -206,7 +207,7 @@ def test_mixed_sizes_with_per_frame_intrinsics(tmp_path):
     for key in ("w", "h", "cx", "cy"):
         del meta[key]
     meta["frames"][1].update({"w": 10, "h": 4})
-    ds = load_dataset(write_ngp(tmp_path, meta, sizes=[(W, H), (10, 4), (W, H)]))
+    ds = load_dataset(write_ngp(tmp_path, meta, sizes=[(W, H), (10, 4), (W, H)]), "all")
     assert isinstance(ds.images, list) and ds.images[1].shape == (4, 10, 3)
     assert ds.cameras.width.tolist() == [W, 10, W] and ds.cameras.cx.tolist() == [4.0, 5.0, 4.0]
     cam, xy, rgba = ds.sample_batch(500, torch.Generator().manual_seed(0))
@@ -223,7 +224,7 @@ def test_mixed_sizes_without_per_frame_intrinsics(tmp_path):
     del meta["w"], meta["h"]
     write_ngp(tmp_path, meta, sizes=[(W, H), (10, 4), (W, H)])
     with pytest.raises(ValueError, match=r"different sizes \(8x6, 10x4; 0001.png is 10x4, 0000.png is 8x6\)"):
-        load_dataset(tmp_path)
+        load_dataset(tmp_path, "all")
 
 
 def test_image_size_disagrees_with_transforms(tmp_path):
@@ -236,7 +237,7 @@ def test_missing_frames_warn_once_with_count(tmp_path):
     write_ngp(tmp_path, ngp_meta(7), missing=(1, 4, 5))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset(tmp_path)
+        ds = load_dataset(tmp_path, "all")
     assert len(caught) == 1
     assert "skipping 3 of 7 frames" in str(caught[0].message)
     assert [p.stem for p in ds.file_paths] == ["0000", "0002", "0003", "0006"]
@@ -291,7 +292,7 @@ def test_bad_pose_named_before_decoding(tmp_path, monkeypatch, bad, message):
 
 def test_bad_aabb_scale_and_lens(tmp_path):
     write_ngp(tmp_path, ngp_meta(2, aabb_scale=3))
-    with pytest.raises(ValueError, match="aabb_scale must be a power of two"):
+    with pytest.raises(ValueError, match="'aabb_scale' must be a power of two in 1..128 .*got 3"):
         load_dataset(tmp_path)
     write_ngp(tmp_path, ngp_meta(2, is_fisheye=True))
     with pytest.raises(ValueError, match="fisheye"):
@@ -359,12 +360,12 @@ def test_sixteen_bit_png_keeps_its_depth(tmp_path):
         f["file_path"] = f"images/{i}.png"
         iio.imwrite(tmp_path / f["file_path"], grey[i])
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
-    ds = load_dataset(tmp_path)
+    ds = load_dataset(tmp_path, "all")
     assert ds.images.dtype == torch.uint16 and ds.images.shape == (2, H, W, 3)
     _, _, rgba = ds.pixels_for_image(1)
     np.testing.assert_allclose(rgba[:, 0].numpy(), grey[1].reshape(-1) / 65535, atol=1e-6)
     torch.testing.assert_close(rgba[:, 1], rgba[:, 0])
-    half = load_dataset(tmp_path, downscale=2)
+    half = load_dataset(tmp_path, "all", downscale=2)
     assert half.images.dtype == torch.uint16
     np.testing.assert_allclose(half.images[1, 0, 0, 0].item(), grey[1][:2, :2].mean(), atol=0.5)
 
@@ -414,8 +415,14 @@ def test_lego():
 
 def test_fox():
     with pytest.warns(UserWarning, match="skipping 17 of 62 frames"):
-        ds = load_dataset(shared("fox"), downscale=8)
+        ds = load_dataset(shared("fox"), "all", downscale=8)
     assert len(ds) == 45 and ds.images.shape == (45, 240, 135, 3)
+    # validation: every 8th of the 45 frames with an image, none of them trained on
+    with pytest.warns(UserWarning, match="skipping 17 of 62 frames"):
+        val = load_dataset(shared("fox"), "val", downscale=8)
+    assert val.holdout_summary() == "held out 6 of 45 frames for validation (every 8th)"
+    assert val.frame_indices == ds.frame_indices[::8] and val.file_names == ds.file_names[::8]
+    torch.testing.assert_close(val.images, ds.images[::8])
     assert ds.aabb_scale == 4 and ds.aabb.tolist() == [[-1.5] * 3, [2.5] * 3]
     assert ds.cameras.has_distortion
     assert ds.cameras.fx[0].item() == pytest.approx(1375.52 / 8)

@@ -302,17 +302,24 @@ def test_composite_hand_computed(backend):
 
 
 def test_composite_early_termination(backend):
-    sigmas = torch.tensor([1e4, 1.0, 1.0, 0.1])
+    # sigma * dt = 10 on the first sample: T = exp(-10) ~ 4.5e-5 after it, below the default 1e-4
+    # threshold but far above float32's smallest numbers, so the tail's weights are not zero by
+    # underflow: only the threshold can zero them.
+    sigmas = torch.tensor([100.0, 1.0, 1.0, 0.1])
     rgbs = torch.rand(4, 3)
     t_starts = torch.tensor([0.0, 0.1, 0.2, 0.0])
     t_ends = t_starts + 0.1
-    out = ops.composite(sigmas, rgbs, t_starts, t_ends, torch.tensor([0, 0, 0, 1]), torch.tensor([0, 3, 4]))
+    ray_indices, offsets = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 3, 4])
+    out = ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets)
     assert out.weights[1] == 0 and out.weights[2] == 0  # T < 1e-4 after the first sample
-    assert out.weights[3] > 0
-    assert out.opacity[0] == pytest.approx(1.0, abs=1e-6)
-    kept = ops.composite(sigmas, rgbs, t_starts, t_ends, torch.tensor([0, 0, 0, 1]), torch.tensor([0, 3, 4]),
-                         transmittance_threshold=0.0)
-    assert kept.weights[1] > 0 or math.exp(-1e3) == 0.0  # with no threshold the tail keeps its (tiny) weight
+    assert out.weights[3] == pytest.approx(1 - math.exp(-0.01), rel=1e-5)
+    assert out.opacity[0] == pytest.approx(1 - math.exp(-10), rel=1e-6)
+    kept = ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, transmittance_threshold=0.0)
+    # with no threshold the tail keeps its (small) weights, w_i = T_i (1 - exp(-sigma_i dt))
+    alpha = 1 - math.exp(-0.1)
+    expected = [1 - math.exp(-10), math.exp(-10) * alpha, math.exp(-10.1) * alpha]
+    torch.testing.assert_close(kept.weights[:3], torch.tensor(expected), rtol=1e-4, atol=0)
+    assert kept.opacity[0] == pytest.approx(1 - math.exp(-10.2), rel=1e-6)
 
 
 def test_weights_sum_to_opacity(backend):

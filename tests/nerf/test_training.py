@@ -1,16 +1,26 @@
-"""NeRF training end to end on a tiny built-in scene: PSNR rises, resume continues, checkpoints are safe."""
+"""NeRF training end to end on a tiny built-in scene: PSNR rises, resume continues, validation frames
+are held out, checkpoints are safe."""
 
+import contextlib
 import json
+import pickle
+import shutil
+import sys
 
 import pytest
 import torch
 
 from ngp.config import ConfigError
+from ngp.geometry.cameras import generate_rays
+from ngp.io.checkpoints import CheckpointError, find_checkpoint, load_checkpoint
+from ngp.io.runs import RunFolder
 from ngp.nerf.builtin_scene import make_builtin_scene
-from ngp.nerf.cameras import generate_rays
 from ngp.nerf.datasets import load_dataset
 from ngp.nerf.evaluation import evaluate
-from ngp.nerf.trainer import NerfTrainer, TrainSettings
+from ngp.nerf.runs import load_nerf_run
+from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
+from ngp.train.loop import LoopState, load_task_state, train
+from ngp.train.settings import LoopSettings, build_config
 
 #: small enough for a few seconds of CPU, large enough to learn the scene's coarse structure
 TINY_CONFIG = {
@@ -20,120 +30,224 @@ TINY_CONFIG = {
     "rgb_network": {"otype": "FullyFusedMLP", "n_neurons": 32, "n_hidden_layers": 2},
 }
 TINY_SETTINGS = dict(target_samples=1 << 12, min_rays=64, grid_resolution=32, seed=0)
+#: TINY_CONFIG with the settings, as a run config (for train_nerf)
+TINY_RUN_CONFIG = {**TINY_CONFIG, "training": TINY_SETTINGS}
+
+
+def silent(message):
+    pass
+
+
+def make_task(data, log=silent, **training):
+    """A task on ``data`` with the tiny model (``training`` overrides the settings)."""
+    config = build_config("nerf", TINY_CONFIG, {"data": str(data), "steps": 1, **TINY_SETTINGS, **training})
+    return build_nerf_task(config, torch.device("cpu"), "float32", log=log)
+
+
+def single_transforms(blender_scene, out, n_frames):
+    """A fox-like data set: one ``transforms.json`` (instant-ngp layout) with the first ``n_frames``
+    training frames of a Blender scene."""
+    meta = json.loads((blender_scene / "transforms_train.json").read_text())
+    (out / "images").mkdir(parents=True)
+    frames = []
+    for i, frame in enumerate(meta["frames"][:n_frames]):
+        shutil.copy(blender_scene / (frame["file_path"] + ".png"), out / "images" / f"{i:04d}.png")
+        frames.append({"file_path": f"images/{i:04d}.png", "transform_matrix": frame["transform_matrix"]})
+    (out / "transforms.json").write_text(json.dumps({"camera_angle_x": meta["camera_angle_x"], "frames": frames}))
+    return out / "transforms.json"
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    return make_builtin_scene(tmp_path_factory.mktemp("scene"), n_train=24, n_val=2, n_test=3, resolution=40)
+    return make_builtin_scene(tmp_path_factory.mktemp("scene") / "scene", n_train=24, n_val=2, n_test=3,
+                              resolution=40)
 
 
 @pytest.fixture(scope="module")
-def trained(scene):
-    """(trainer, test PSNR before, test PSNR after) for 150 steps from a fixed seed."""
-    dataset, test = load_dataset(scene), load_dataset(scene, "test")
-    trainer = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
-    before = evaluate(trainer.renderer, test, with_ssim=False, progress=False).mean_psnr
-    trainer.train(steps=150, progress=False)
-    with trainer.optimizer.averaged_weights():
-        after = evaluate(trainer.renderer, test, with_ssim=False, progress=False).mean_psnr
-    return trainer, before, after
+def trained(scene, tmp_path_factory):
+    """(task, loop state, test PSNR before, test PSNR after, run folder) for 150 steps of the shared loop."""
+    task = make_task(scene)
+    test = load_dataset(scene, "test")
+    before = evaluate(task.renderer, test, with_ssim=False, progress=False).mean_psnr
+    run = RunFolder.create(tmp_path_factory.mktemp("runs") / "run").start()
+    state = LoopState()
+    train(task, run, LoopSettings(steps=150, checkpoint_every=0), state, progress=False, log=silent)
+    with task.optimizer.averaged_weights():
+        after = evaluate(task.renderer, test, with_ssim=False, progress=False).mean_psnr
+    return task, state, before, after, run
 
 
 def test_test_psnr_rises(trained):
-    trainer, before, after = trained
+    task, state, before, after, _ = trained
     # measured (seed 0): 9.6 dB before, 15.2 dB after 150 steps; the margin absorbs floating-point
     # differences between machines (parallel reductions), not a broken renderer or trainer
     assert before < 11.0
     assert after > 13.0, f"test PSNR after 150 steps: {after:.2f} dB"
-    assert trainer.step == 150 and len(trainer.history.steps) == 150
-    losses = trainer.history.loss
+    assert state.step == 150 and state.history["step"] == list(range(1, 151))
+    losses = state.history["loss"]
     assert sum(losses[-20:]) < 0.6 * sum(losses[:20])
-    assert trainer.grid.occupancy_fraction < 0.5  # the occupancy grid culled empty space
+    assert task.grid.occupancy_fraction < 0.5  # the occupancy grid culled empty space
 
 
 def test_rays_per_batch_adapt_to_the_sample_target(trained):
-    trainer, _, _ = trained
-    recent = trainer.history.samples[-30:]
+    task, state, _, _, _ = trained
+    recent = state.history["samples"][-30:]
     mean = sum(recent) / len(recent)
-    assert 0.5 * trainer.settings.target_samples < mean < 2.0 * trainer.settings.target_samples
+    assert 0.5 * task.settings.target_samples < mean < 2.0 * task.settings.target_samples
 
 
 def test_incremental_inference_equals_single_pass_rendering(trained, scene):
-    trainer, _, _ = trained
+    task, _, _, _, _ = trained
     test = load_dataset(scene, "test")
     cam, xy, _ = test.pixels_for_image(0)
     o, d = generate_rays(test.cameras, cam, xy)
     with torch.no_grad():
-        one = trainer.renderer.render_rays(o, d, torch.ones(3))
-        inc = trainer.renderer.render_rays_inference(o, d, torch.ones(3))
+        one = task.renderer.render_rays(o, d, torch.ones(3))
+        inc = task.renderer.render_rays_inference(o, d, torch.ones(3))
     torch.testing.assert_close(inc.color, one.color, atol=2e-3, rtol=0)
     torch.testing.assert_close(inc.opacity, one.opacity, atol=2e-3, rtol=0)
     assert inc.n_samples <= one.n_samples  # terminated rays stop being marched
 
 
+def test_the_checkpoint_rebuilds_the_trained_model(trained, scene):
+    task, state, _, _, run = trained
+    loaded = load_nerf_run(run.path, "cpu")
+    assert loaded.step == 150
+    with task.optimizer.averaged_weights():  # evaluation and rendering use the EMA weights
+        torch.testing.assert_close(loaded.field.encoding.table, task.model.encoding.table)
+    torch.testing.assert_close(loaded.grid.occupied, task.grid.occupied)
+    torch.testing.assert_close(loaded.c2w, task.dataset.cameras.c2w)
+    metrics = run.read_json("metrics.json")
+    val = load_dataset(scene, "val")
+    assert metrics["val_psnr"] == pytest.approx(evaluate(loaded.renderer, val, with_ssim=False,
+                                                         progress=False).mean_psnr, abs=1e-3)
+
+
 def test_resume_continues_like_an_uninterrupted_run(scene, tmp_path):
-    dataset = load_dataset(scene)
-    straight = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
-    straight.train(steps=40, progress=False)
-
-    first = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
-    first.train(steps=20, progress=False)
-    first.save(tmp_path / "ckpt")
-    resumed, meta = NerfTrainer.from_checkpoint(tmp_path / "ckpt", dataset)
-    assert resumed.step == 20 and meta["step"] == 20 and resumed.n_rays == first.n_rays
-    resumed.train(steps=20, progress=False)
-    assert resumed.step == 40 and resumed.history.steps == list(range(40))
-    # same rays, grid and optimizer state: the losses follow the uninterrupted run
-    torch.testing.assert_close(torch.tensor(resumed.history.loss[20:]), torch.tensor(straight.history.loss[20:]),
+    options = dict(config=TINY_RUN_CONFIG, progress=False, checkpoint_every=0)
+    # 18 + 8 steps: the checkpoint holds an occupancy grid updated once (at step 16)
+    train_nerf(scene, tmp_path / "straight", steps=26, **options)
+    train_nerf(scene, tmp_path / "split", steps=18, **options)
+    metrics = train_nerf(scene, tmp_path / "split", steps=8, resume=True, progress=False)
+    assert metrics["steps"] == 26 and metrics["session"]["steps"] == 8
+    straight = RunFolder.open(tmp_path / "straight").load_checkpoint()[1]["loop"]["history"]
+    resumed = RunFolder.open(tmp_path / "split").load_checkpoint()[1]["loop"]["history"]
+    assert resumed["step"] == list(range(1, 27))
+    # same rays, grid, ray count and optimizer state: the losses follow the uninterrupted run
+    torch.testing.assert_close(torch.tensor(resumed["loss"][18:]), torch.tensor(straight["loss"][18:]),
                                rtol=0.05, atol=1e-4)
+    assert resumed["rays"][18:] == straight["rays"][18:]
 
 
-def test_checkpoint_is_safetensors_and_json_only(trained, tmp_path):
-    trainer, _, _ = trained
-    folder = trainer.save(tmp_path / "ckpt", scene={"note": "x"})
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    raw = (folder / "model.safetensors").read_bytes()
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])  # safetensors: a JSON header, then raw numbers
-    assert "field.encoding.table" in header and not raw.startswith(b"\x80")
-    assert b"pickle" not in raw[:8 + header_len] and b"__reduce__" not in raw
-    meta = json.loads((folder / "config.json").read_text())
-    assert meta["primitive"] == "nerf" and meta["scene"] == {"note": "x"}
-    reloaded, _ = NerfTrainer.from_checkpoint(folder)
-    torch.testing.assert_close(reloaded.field.encoding.table, trainer.field.encoding.table)
-    torch.testing.assert_close(reloaded.grid.occupied, trainer.grid.occupied)
+def _assert_safetensors_holding(path, tensors) -> None:
+    """``path`` is safetensors holding exactly ``tensors``: an 8-byte little-endian header length, a
+    JSON header, then each tensor's raw bytes back to back up to the end of the file, so no pickle can
+    hide anywhere (tests/test_checkpoints.py checks the same for the generic checkpoint)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert len(raw) >= 8 + n, f"{path}: header length {n} beyond the end of the file"
+    entries = {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+    assert set(entries) == set(tensors), f"{path}: tensors {sorted(entries)} != {sorted(tensors)}"
+    end = 0
+    for name, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"]):
+        begin, stop = entry["data_offsets"]
+        expected = tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        assert begin == end and raw[8 + n + begin:8 + n + stop] == expected, f"{path}: {name} is not its bytes"
+        end = stop
+    assert 8 + n + end == len(raw), f"{path}: {len(raw) - 8 - n - end} bytes after the last tensor"
+
+
+@contextlib.contextmanager
+def _no_unpickling():
+    """Within the block any unpickling (pickle, torch.load) fails the test, except Numba's own (its
+    compile cache unpickles an index when a kernel is first used)."""
+    def refusing(original):
+        def refuse(*args, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("numba."):
+                return original(*args, **kwargs)
+            raise AssertionError("a checkpoint was unpickled")
+        return refuse
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"),
+                             (torch.serialization, "load")):
+            patch.setattr(module, name, refusing(getattr(module, name)))
+        yield
+
+
+def test_checkpoint_is_safetensors_and_json_only(trained):
+    task, _, _, _, run = trained
+    folder = find_checkpoint(run.path)
+    files = sorted(folder.iterdir())  # the names belong to ngp.io.checkpoints: find the files by kind
+    assert sorted(p.suffix for p in files) == [".json", ".safetensors"], files
+    meta_file, tensors_file = files if files[0].suffix == ".json" else files[::-1]
+    assert json.loads(meta_file.read_text())["primitive"] == "nerf"
+    with _no_unpickling():
+        tensors, _ = load_checkpoint(folder)
+        loaded = load_nerf_run(run.path, "cpu")
+    _assert_safetensors_holding(tensors_file, tensors)
+    torch.testing.assert_close(loaded.grid.occupied, task.grid.occupied)
 
 
 def test_tampered_checkpoints_fail_cleanly(trained, tmp_path):
-    trainer, _, _ = trained
-    folder = trainer.save(tmp_path / "ckpt")
-    meta = json.loads((folder / "config.json").read_text())
+    run = tmp_path / "run"
+    shutil.copytree(trained[4].path, run)
+    meta_file = run / "checkpoint" / "checkpoint.json"
+    meta = json.loads(meta_file.read_text())
     meta["config"]["encoding"]["evil"] = "__import__('os').system('echo pwned')"
-    (folder / "config.json").write_text(json.dumps(meta))
+    meta_file.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="evil"):
-        NerfTrainer.from_checkpoint(folder)
+        load_nerf_run(run, "cpu")
     meta["config"]["encoding"].pop("evil")
-    meta["settings"]["unknown_setting"] = 1
-    (folder / "config.json").write_text(json.dumps(meta))
+    meta["config"]["training"]["unknown_setting"] = 1
+    meta_file.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="unknown_setting"):
-        NerfTrainer.from_checkpoint(folder)
+        load_nerf_run(run, "cpu")
+    meta["config"]["training"].pop("unknown_setting")
     meta["primitive"] = "image"
-    (folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="not a NeRF checkpoint"):
-        NerfTrainer.from_checkpoint(folder)
-    (folder / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="cannot be read"):
-        NerfTrainer.from_checkpoint(folder)
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not of 'nerf'"):
+        load_nerf_run(run, "cpu")
+    meta["primitive"] = "nerf"
+    meta_file.write_text(json.dumps(meta))
+    (run / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_nerf_run(run, "cpu")
 
 
-def test_train_needs_a_budget_and_data(scene):
-    trainer = NerfTrainer(None, TINY_CONFIG, TrainSettings(**TINY_SETTINGS), aabb=torch.tensor([[0.0] * 3, [1.0] * 3]),
-                          aabb_scale=1)
-    with pytest.raises(ValueError, match="no dataset"):
-        trainer.train(steps=1, progress=False)
-    trainer = NerfTrainer(load_dataset(scene), TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
-    with pytest.raises(ValueError, match="steps or seconds"):
-        trainer.train(progress=False)
+def test_bad_data_and_settings_are_refused_before_training(scene, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data set not found"):
+        make_task(tmp_path / "missing")
+    for bad, match in (({"target_samples": 0}, "target_samples"), ({"grid_sample_fraction": 0.0}, "fraction"),
+                       ({"compact": "yes"}, "compact"), ({"min_rays": 512, "max_rays": 256}, "min_rays"),
+                       ({"holdout_every": -1}, "holdout_every")):
+        with pytest.raises(ConfigError, match=match):
+            TrainSettings.from_training({**build_config("nerf")["training"], **bad})
+    with pytest.raises(ConfigError, match="positive"):
+        train_nerf(scene, tmp_path / "run", steps=0, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_single_transforms_file_holds_validation_frames_out_of_training(scene, tmp_path):
+    data = single_transforms(scene, tmp_path / "fox", 20)
+    lines = []
+    task = make_task(data, log=lines.append, val_images=2)
+    train_frames, val_frames = set(task.dataset.frame_indices), set(task.validation.dataset.frame_indices)
+    assert val_frames == {0, 8, 16} and train_frames == set(range(20)) - val_frames  # never trained on
+    assert task.validation.held_out and any("held out 3 of 20 frames for validation" in line for line in lines)
+    assert set(task.evaluate()) == {"val_psnr"}
+
+
+def test_nothing_held_out_gives_no_validation_figure_but_labelled_training_views(scene, tmp_path):
+    data = single_transforms(scene, tmp_path / "fox", 6)
+    task = make_task(data, holdout_every=0, val_images=1)
+    assert len(task.dataset) == 6 and not task.validation.held_out
+    assert set(task.evaluate()) == {"train_view_psnr"}
+    run = RunFolder.create(tmp_path / "run").start()
+    metrics = train(task, run, LoopSettings(steps=2, checkpoint_every=0), progress=False, log=silent)
+    assert metrics["val_psnr"] is None and metrics["train_view_psnr"] > 0
+    assert metrics["validation"]["held_out"] is False and "train_view_psnr" in metrics["validation"]["description"]
+    assert (tmp_path / "run" / "train_view_00.png").is_file() and not list(run.path.glob("val_*.png"))
 
 
 def test_mesh_of_a_ball_faces_outwards_in_dataset_coordinates():
@@ -153,19 +267,18 @@ def test_mesh_of_a_ball_faces_outwards_in_dataset_coordinates():
 def test_large_scenes_start_with_every_seen_cell_occupied(scene, tmp_path):
     """aabb_scale > 1: cascades, cone-angle steps and instant-ngp's mark_untrained; the first steps
     must still get samples (an empty grid before the first update would give none)."""
-    import shutil
-
     big = tmp_path / "big"
     shutil.copytree(scene, big)
     meta = json.loads((big / "transforms_train.json").read_text())
     (big / "transforms_train.json").write_text(json.dumps({**meta, "aabb_scale": 2}))
-    dataset = load_dataset(big)
-    trainer = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS))
-    assert trainer.grid.n_cascades == 2 and trainer.renderer.settings.cone_angle > 0
-    assert trainer.grid.occupancy_fraction > 0.2
-    stats = [trainer.train_step() for _ in range(3)]
-    assert all(s.n_samples > 0 for s in stats)
-    assert trainer.n_rays <= trainer.settings.max_rays and all(s.n_samples < 64 * 4096 for s in stats)
+    task = make_task(big)
+    assert task.grid.n_cascades == 2 and task.renderer.settings.cone_angle > 0
+    assert task.grid.occupancy_fraction > 0.2
+    for step in range(3):
+        batch = task.training_batch(step)
+        task.after_step(batch, applied=True)
+        assert batch.n_samples > 0 and batch.n_samples < 64 * 4096
+    assert task.n_rays <= task.settings.max_rays
 
 
 def test_orbit_circles_surrounding_cameras_and_sweeps_a_frontal_arc():
@@ -203,17 +316,20 @@ def test_orbit_circles_surrounding_cameras_and_sweeps_a_frontal_arc():
 def test_float16_mixed_precision_trains_and_resumes(scene, tmp_path):
     # the GPU default (autocast + loss scaling) run on the CPU: the loss falls as in float32, the
     # parameters stay float32, and the loss scale survives a checkpoint
-    dataset = load_dataset(scene)
-    trainer = NerfTrainer(dataset, TINY_CONFIG, TrainSettings(**TINY_SETTINGS), device="cpu", precision="float16")
-    trainer.train(steps=60, progress=False)
-    losses = trainer.history.loss
-    assert all(map(lambda v: v == v, losses))  # no NaN
+    run = tmp_path / "run"
+    metrics = train_nerf(scene, run, steps=60, config=TINY_RUN_CONFIG, device="cpu", precision="float16",
+                         progress=False, checkpoint_every=0)
+    assert metrics["precision"] == "float16" and metrics["skipped_steps"] < 5
+    tensors, meta = RunFolder.open(run).load_checkpoint("nerf")
+    losses = meta["loop"]["history"]["loss"]
+    assert all(v == v for v in losses)  # no NaN
     assert sum(losses[-10:]) < 0.6 * sum(losses[:10])
-    assert all(p.dtype == torch.float32 for p in trainer.field.parameters())
-    assert trainer.amp.skipped_steps < 5
-    trainer.amp.scaler.update(new_scale=32.0)
-    trainer.save(tmp_path / "ckpt")
-    resumed, meta = NerfTrainer.from_checkpoint(tmp_path / "ckpt", dataset, device="cpu", precision="float16")
-    assert resumed.amp.loss_scale == 32.0 and meta["mixed_precision"]["scaler"]["scale"] == 32.0
-    resumed.train(steps=2, progress=False)
-    assert resumed.step == 62
+    assert all(t.dtype == torch.float32 for name, t in tensors.items() if name.startswith("model."))
+
+    meta["mixed_precision"]["scaler"]["scale"] = 32.0
+    (run / "checkpoint" / "checkpoint.json").write_text(json.dumps(meta))
+    tensors, meta = RunFolder.open(run).load_checkpoint("nerf")
+    task = build_nerf_task(meta["config"], torch.device("cpu"), "float16", log=silent)
+    state = load_task_state(task, tensors, meta, run)
+    assert task.amp.loss_scale == 32.0 and state.step == 60 and task.n_rays == meta["task"]["n_rays"]
+    assert train_nerf(scene, run, steps=2, resume=True, precision="float16", progress=False)["steps"] == 62

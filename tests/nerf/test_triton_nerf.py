@@ -157,6 +157,10 @@ def test_ops_dispatch_to_triton_and_match_the_reference_backend(monkeypatch):
                            resolution=args["resolution"], min_step_size=args["min_step"],
                            max_step_size=args["max_step"])
     rays = (args["origins"], args["directions"], args["t_near"], args["t_far"], grid)
+    calls = []  # the Triton kernels the op reached: none if it stopped dispatching to them
+    for name in ("march_rays", "composite_forward", "composite_backward"):
+        monkeypatch.setattr(tn, name, lambda *a, _f=getattr(tn, name), _n=name, **k: (calls.append(_n),
+                                                                                      _f(*a, **k))[1])
 
     def run(backend):
         monkeypatch.setenv("NGP_BACKEND", backend)
@@ -168,7 +172,10 @@ def test_ops_dispatch_to_triton_and_match_the_reference_backend(monkeypatch):
         (out.color.square().sum() + out.depth.sum() + out.weights.sum()).backward()
         return s, out, sigmas.grad, rgbs.grad
 
-    expected, got = run("reference"), run("triton")
+    expected = run("reference")
+    assert calls == []
+    got = run("triton")
+    assert calls == ["march_rays", "composite_forward", "composite_backward"]
     assert kernels_for_mode(tn.__name__).INTERPRETED
     for e, g in zip(expected[0], got[0]):
         assert torch.equal(e, g)
@@ -180,6 +187,7 @@ def test_ops_dispatch_to_triton_and_match_the_reference_backend(monkeypatch):
     for backend in ("reference", "triton"):
         monkeypatch.setenv("NGP_BACKEND", backend)
         plain.append(ops.march_rays(*rays[:4], None, step_size=0.05, max_samples_per_ray=16))
+    assert calls[-1] == "march_rays" and len(calls) == 4
     assert plain[0].n_samples > 300
     for e, g in zip(*plain):
         assert torch.equal(e, g)

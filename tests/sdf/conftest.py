@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,30 @@ SMALL_CONFIG = {
     "optimizer": {"otype": "Ema", "decay": 0.9, "nested": {"otype": "Adam", "learning_rate": 1e-2}},
     "training": {"batch_size": 4096, "pool_size": 2**14, "pool_refresh": 256},
 }
+
+
+def small_outputs():
+    """Cheap end-of-run outputs: coarse grids, a thumbnail, few Chamfer samples."""
+    from ngp.sdf.trainer import SDFOutputs
+
+    return SDFOutputs(resolution=32, iou_resolution=32, render_size=(16, 12), chamfer_samples=2000)
+
+
+#: The same as command-line options of ``ngp sdf fit``.
+SMALL_OUTPUT_OPTIONS = ["--resolution", "32", "--iou-resolution", "32", "--render-width", "16", "--render-height", "12"]
+
+
+@pytest.fixture
+def small_config_file(tmp_path) -> Path:
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(SMALL_CONFIG))
+    return path
+
+
+@pytest.fixture
+def sphere_file(tmp_path, sphere_mesh) -> Path:
+    """The sphere mesh as an OBJ file (icosphere, 2562 vertices)."""
+    return write_mesh(tmp_path / "sphere.obj", sphere_mesh)
 
 
 def shared_file(relative: str) -> Path:

@@ -1,4 +1,4 @@
-"""End to end: fitting analytic meshes, the run folder, and the `ngp sdf` command line."""
+"""End to end: fitting analytic meshes through the shared loop, the run folder, and the `ngp sdf` command line."""
 
 from __future__ import annotations
 
@@ -11,66 +11,74 @@ import torch
 from typer.testing import CliRunner
 
 from ngp.cli import app
-from ngp.io.meshes import Mesh, load_mesh
+from ngp.io.checkpoints import load_checkpoint
+from ngp.io.meshes import load_mesh
+from ngp.io.runs import RunFolder
 from ngp.sdf.metrics import grid_iou
 from ngp.sdf.model import NeuralSDF
-from ngp.sdf.trainer import SDFTrainer
+from ngp.sdf.trainer import build_sdf_task, fit_sdf
+from ngp.train.loop import train
+from ngp.train.settings import LoopSettings, build_config
 
-from .conftest import SMALL_CONFIG, write_mesh
+from .conftest import SMALL_CONFIG, small_outputs, write_mesh
 
-RUN_FILES = {"mesh.ply", "render.png", "loss.png", "metrics.json", "config.json", "checkpoint"}
+RUN_FILES = {"mesh.ply", "render.png", "training.png", "metrics.json", "checkpoint"}
 
 
-def test_fit_box_reaches_iou_in_fixed_steps(box_mesh):
-    trainer = SDFTrainer(Mesh(box_mesh.vertices, box_mesh.faces), SMALL_CONFIG, seed=0)
-    with trainer.optimizer.averaged_weights():
-        before = grid_iou(trainer.model, trainer.gt, 48)
-    trainer.train(steps=60, progress=False)
-    assert trainer.n_steps == 60 and len(trainer.history) == 60
-    assert trainer.history[-1][1] < 0.5 * trainer.history[0][1]
-    with trainer.optimizer.averaged_weights():
-        after = grid_iou(trainer.model, trainer.gt, 48)
+def test_fit_box_reaches_iou_in_fixed_steps(tmp_path, box_mesh):
+    path = write_mesh(tmp_path / "box.obj", box_mesh)
+    config = build_config("sdf", SMALL_CONFIG, {"data": str(path), "steps": 60})
+    torch.manual_seed(0)
+    task = build_sdf_task(config, torch.device("cpu"), "float32", small_outputs())
+    with torch.no_grad():
+        before = grid_iou(task.model, task.gt, 48)
+    metrics = train(task, RunFolder.create(tmp_path / "run").start(), LoopSettings.from_training(config["training"]),
+                    progress=False)
+    loss = load_checkpoint(tmp_path / "run")[1]["loop"]["history"]["loss"]
+    assert metrics["steps"] == 60 and len(loss) == 60 and metrics["skipped_steps"] == 0
+    assert loss[-1] < 0.5 * loss[0]
+    with torch.no_grad(), task.optimizer.averaged_weights():
+        after = grid_iou(task.model, task.gt, 48)
     assert before < 0.5 < 0.93 < after
 
 
-def test_fit_in_float16_mixed_precision(box_mesh):
+def test_fit_in_float16_mixed_precision(tmp_path, box_mesh):
     # the GPU default (autocast + loss scaling), run on the CPU
-    trainer = SDFTrainer(Mesh(box_mesh.vertices, box_mesh.faces), SMALL_CONFIG, seed=0, device="cpu",
-                         precision="float16")
-    trainer.train(steps=60, progress=False)
-    assert trainer.amp.precision == "float16" and trainer.amp.skipped_steps < 5
-    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    with trainer.optimizer.averaged_weights():
-        assert grid_iou(trainer.model, trainer.gt, 48) > 0.9
+    path = write_mesh(tmp_path / "box.obj", box_mesh)
+    metrics = fit_sdf(path, tmp_path / "run", steps=60, config=SMALL_CONFIG, progress=False, device="cpu",
+                      precision="float16", outputs=small_outputs())
+    assert metrics["session"]["precision"] == "float16" and metrics["skipped_steps"] < 5
+    assert NeuralSDF.from_checkpoint(tmp_path / "run").field.encoding.table.dtype == torch.float32
+    assert metrics["iou_grid"] > 0.9
 
 
-def test_fit_is_reproducible(box_mesh):
+def test_fit_is_reproducible(tmp_path, box_mesh):
+    path = write_mesh(tmp_path / "box.obj", box_mesh)
     losses = []
-    for _ in range(2):
-        trainer = SDFTrainer(Mesh(box_mesh.vertices, box_mesh.faces), SMALL_CONFIG, seed=7)
-        trainer.train(steps=3, progress=False)
-        losses.append([h[1] for h in trainer.history])
-    assert losses[0] == losses[1]
+    for name in ("a", "b"):
+        fit_sdf(path, tmp_path / name, steps=3, config=SMALL_CONFIG, seed=7, progress=False, outputs=small_outputs())
+        losses.append(load_checkpoint(tmp_path / name)[1]["loop"]["history"]["loss"])
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
 
 
-def test_cli_round_trip(tmp_path, sphere_mesh):
-    mesh_path = write_mesh(tmp_path / "sphere.stl", sphere_mesh)
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps(SMALL_CONFIG))
+def test_cli_round_trip(tmp_path, sphere_file, small_config_file):
     run = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(app, ["sdf", "fit", str(mesh_path), "--out", str(run), "--steps", "40", "--config",
-                                 str(config), "--resolution", "48", "--render-width", "40", "--render-height", "32",
-                                 "--iou-resolution", "48", "--no-progress"])
+    result = runner.invoke(app, ["sdf", "fit", str(sphere_file), "--out", str(run), "--steps", "40", "--config",
+                                 str(small_config_file), "--resolution", "48", "--render-width", "40",
+                                 "--render-height", "32", "--iou-resolution", "48", "--quiet", "--eval-at", "0.01"])
     assert result.exit_code == 0, result.output
-    assert "IoU" in result.output and "Chamfer" in result.output
+    assert "IoU" in result.output and "Chamfer" in result.output and "40 steps" in result.output
     assert {p.name for p in run.iterdir()} == RUN_FILES
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["primitive"] == "sdf" and metrics["stopped"] == "budget"
     assert metrics["steps"] == 40 and metrics["iou_grid"] > 0.6 and metrics["chamfer_mesh_units"] > 0
-    assert metrics["iou_grid_resolution"] == 48
+    assert metrics["iou_grid_resolution"] == 48 and metrics["seconds_ground_truth_pool"] > 0
+    assert metrics["data"]["source"] == str(sphere_file.resolve()) and metrics["data"]["vertices"] == 2562
+    assert set(metrics["evals"][0]) == {"step", "seconds", "iou_grid_64", "sign_accuracy_near_surface"}
     assert metrics["chamfer_mesh_units"] == pytest.approx(metrics["chamfer_unit_cube"] * (2 + 0.01 * 12**0.5), rel=1e-6)
     assert iio.imread(run / "render.png").shape == (32, 40, 3)
-    assert iio.imread(run / "loss.png").ndim == 3
+    assert iio.imread(run / "training.png").ndim == 3
     fitted = load_mesh(run / "mesh.ply")  # in the input's units: overlays the sphere at (1, 2, 3)
     np.testing.assert_allclose(fitted.vertices.mean(0), [1.0, 2.0, 3.0], atol=0.1)
     sdf = NeuralSDF.from_checkpoint(run)
@@ -84,7 +92,7 @@ def test_cli_round_trip(tmp_path, sphere_mesh):
     assert result.exit_code == 0, result.output
     assert iio.imread(out_png).shape == (16, 24, 3)
     out_mesh = tmp_path / "coarse.obj"
-    result = runner.invoke(app, ["sdf", "mesh", str(run), "--out", str(out_mesh), "--resolution", "24"])
+    result = runner.invoke(app, ["sdf", "mesh", str(run / "checkpoint"), "--out", str(out_mesh), "--resolution", "24"])
     assert result.exit_code == 0, result.output
     assert 0 < len(load_mesh(out_mesh).faces) < metrics["mesh_faces"]
 
@@ -124,3 +132,8 @@ def test_cli_bad_arguments(tmp_path, box_mesh):
     assert not (tmp_path / "x").exists()
     result = runner.invoke(app, ["sdf", "mesh", str(tmp_path), "--out", str(tmp_path / "a.xyz")])
     assert result.exit_code == 1 and "--out" in result.output
+    result = runner.invoke(app, ["sdf", "render", str(tmp_path), "--out", str(tmp_path / "a.png"), "--mode", "x"])
+    assert result.exit_code == 1 and "--mode 'x'" in result.output
+    result = runner.invoke(app, ["sdf", "fit", str(mesh_path), "--out", str(tmp_path / "run"), "--resolution", "4"])
+    assert result.exit_code == 1 and "mesh resolution" in result.output
+    assert not (tmp_path / "run").exists()

@@ -71,12 +71,38 @@ def test_missing_file(tmp_path):
         load_mesh(tmp_path / "nope.obj")
 
 
-def test_save_mesh_is_atomic_and_checks_format(tmp_path, box_mesh):
+def test_save_mesh_checks_format(tmp_path, box_mesh):
     path = save_mesh(tmp_path / "sub" / "out.ply", box_mesh.vertices, box_mesh.faces)
     assert load_mesh(path).faces.shape == (12, 3)
     with pytest.raises(MeshError, match="cannot write mesh format"):
         save_mesh(tmp_path / "out.xyz", box_mesh.vertices, box_mesh.faces)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # no temporary files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # refused before anything was written
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_save_mesh_failing_mid_write_leaves_nothing_half_written(tmp_path, box_mesh, monkeypatch, existing):
+    """The writer dies after writing part of the file (disk full, Ctrl-C): no partial mesh, no
+    temporary file, and a mesh already at the target is left as it was."""
+    target = tmp_path / "out.ply"
+    if existing:
+        save_mesh(target, box_mesh.vertices, box_mesh.faces)
+    before = target.read_bytes() if existing else None
+    written = []
+
+    def export_half_then_fail(mesh, file_obj=None, file_type=None, **kwargs):
+        data = trimesh.exchange.export.export_mesh(mesh, None, file_type=file_type)  # the whole file, as bytes
+        with open(file_obj, "wb") as f:
+            f.write(data[: len(data) // 2])
+        written.append(file_obj)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(trimesh.Trimesh, "export", export_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_mesh(target, box_mesh.vertices * 2, box_mesh.faces)
+    assert len(written) == 1  # the failure happened inside the write
+    assert [p.name for p in tmp_path.iterdir()] == (["out.ply"] if existing else [])
+    if existing:
+        assert target.read_bytes() == before
 
 
 def test_armadillo_and_bunny_load():

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from ngp.config import ConfigError, load_config
+from ngp.io.checkpoints import CheckpointError, save_checkpoint
 from ngp.io.meshes import MeshNormalization
+from ngp.io.runs import RunFolder
 from ngp.sdf.model import NeuralSDF
-from ngp.sdf.trainer import DEFAULT_CONFIG, sdf_config
+from ngp.sdf.trainer import build_sdf_task
+from ngp.train.loop import train
+from ngp.train.settings import LoopSettings, build_config, default_config
 
-from .conftest import SMALL_CONFIG
+from .conftest import SMALL_CONFIG, small_outputs
 
 REPO = Path(__file__).parents[2]
 
@@ -98,33 +101,46 @@ def test_outside_the_cube_adds_the_distance_to_it():
     assert torch.isfinite(model.gradient(torch.cat([inside, outside]), unit=True)).all()
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = small_model(MeshNormalization((0.1, 0.2, 0.3), 2.5))
-    model.save(tmp_path / "checkpoint")
-    loaded = NeuralSDF.from_checkpoint(tmp_path)  # the run folder works too
-    x = torch.rand(50, 3)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-    assert loaded.normalization == model.normalization
-    torch.testing.assert_close(loaded.aabb, model.aabb)
+def trained_task(mesh_path, run_path, steps=3, config=None):
+    """An SDF task trained for ``steps`` by the shared loop into ``run_path``."""
+    config = build_config("sdf", config or SMALL_CONFIG, {"data": str(mesh_path), "steps": steps})
+    torch.manual_seed(0)
+    task = build_sdf_task(config, torch.device("cpu"), "float32", small_outputs())
+    train(task, RunFolder.create(run_path).start(), LoopSettings.from_training(config["training"]), progress=False)
+    return task
+
+
+def test_checkpoint_round_trip_loads_the_averaged_weights(tmp_path, sphere_file):
+    task = trained_task(sphere_file, tmp_path / "run")
+    x = torch.rand(50, 3) * 4 - 1  # mesh units: around the sphere at (1, 2, 3)
+    for where in (tmp_path / "run", tmp_path / "run" / "checkpoint"):  # a run folder or its checkpoint
+        loaded = NeuralSDF.from_checkpoint(where)
+        assert not loaded.training
+        with torch.no_grad(), task.optimizer.averaged_weights():
+            torch.testing.assert_close(loaded(x), task.model(x))
+        with torch.no_grad():
+            assert (loaded(x) - task.model(x)).abs().max() > 1e-4  # the raw weights differ: EMA was applied
+        assert loaded.normalization == task.model.normalization
+        torch.testing.assert_close(loaded.aabb, task.model.aabb)
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="not found"):
         NeuralSDF.from_checkpoint(tmp_path / "missing")
-    model = small_model()
-    model.save(tmp_path / "ck")
-    config = json.loads((tmp_path / "ck" / "config.json").read_text())
-    (tmp_path / "ck" / "config.json").write_text(json.dumps({**config, "primitive": "image"}))
-    with pytest.raises(ConfigError, match="not an SDF checkpoint"):
-        NeuralSDF.from_checkpoint(tmp_path / "ck")
+    save_checkpoint(tmp_path / "image_run" / "checkpoint", {}, {"primitive": "image", "config": {}})
+    with pytest.raises(CheckpointError, match="not of 'sdf'"):
+        NeuralSDF.from_checkpoint(tmp_path / "image_run")
+    save_checkpoint(tmp_path / "bare" / "checkpoint", {}, {"primitive": "sdf", "config": SMALL_CONFIG, "task": {}})
+    with pytest.raises(CheckpointError, match="normalisation"):
+        NeuralSDF.from_checkpoint(tmp_path / "bare")
 
 
 def test_instant_ngp_config_loads_as_it_is(tmp_path):
     path = tmp_path / "base.json"
     path.write_text(INSTANT_NGP_BASE_JSON)
-    config = sdf_config(path)
+    config = build_config("sdf", path)
     assert config["optimizer"]["nested"]["nested"]["learning_rate"] == 1e-4
+    assert config["training"] == default_config("sdf")["training"]  # no training section: the defaults
     model = NeuralSDF(config["encoding"], config["network"])
     layout = model.field.encoding.layout
     # instant-ngp derives per_level_scale from a finest resolution of 2048 for SDFs
@@ -132,9 +148,17 @@ def test_instant_ngp_config_loads_as_it_is(tmp_path):
     assert model.field.encoding.n_output_dims == 32
 
 
-def test_repository_config_is_the_default():
-    assert load_config(REPO / "configs" / "sdf" / "base.json") == DEFAULT_CONFIG
-    assert sdf_config(REPO / "configs" / "sdf" / "base.json") == sdf_config(None)
+def test_repository_config_is_instant_ngps_plus_training(tmp_path):
+    path = tmp_path / "instant_ngp_base.json"
+    path.write_text(INSTANT_NGP_BASE_JSON)
+    defaults = load_config(REPO / "configs" / "sdf" / "base.json")
+    assert {k: v for k, v in defaults.items() if k != "training"} == load_config(path)
+
+
+def test_partial_sections_merge_over_the_defaults():
+    config = build_config("sdf", {"encoding": {"log2_hashmap_size": 16}, "training": {"batch_size": 1024}})
+    assert config["encoding"]["otype"] == "HashGrid" and config["encoding"]["log2_hashmap_size"] == 16
+    assert config["training"]["batch_size"] == 1024 and config["training"]["pool_size"] == 2**18
 
 
 @pytest.mark.parametrize(
@@ -144,8 +168,10 @@ def test_repository_config_is_the_default():
         ({"training": {"batch": 3}}, "unknown key"),
         ({"training": {"batch_size": 0}}, "out of range"),
         ({"training": {"pool_size": "big"}}, "must be an integer"),
+        ({"training": {"surface_offset_scale": -1}}, "out of range"),
     ],
 )
-def test_bad_configs(config, message):
+def test_bad_configs_fail_before_the_mesh_is_read(tmp_path, config, message):
     with pytest.raises(ConfigError, match=message):
-        sdf_config(config)
+        full = build_config("sdf", config, {"data": str(tmp_path / "not_read.obj")})
+        build_sdf_task(full, torch.device("cpu"), "float32")  # the mesh does not exist: checked after the config

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from ngp.sdf.sampling import BOUNDING_RADIUS, MeshSDF, SampleCounts, SampleGenerator, SamplePool, mesh_aabb
@@ -85,6 +86,25 @@ def test_sample_pool_batches_and_refresh(box_mesh):
     changed = (pool.points != before).any(1)
     assert changed[:3000].sum() == 300 and changed[3000:].sum() == 100  # 3:1 like the pool
     np.testing.assert_allclose(pool.distances, box_sdf(pool.points.astype(np.float64), np.array([1.0, 0.5, 0.5])), atol=1e-5)
+
+
+def test_sample_pool_state_continues_the_same_batches(box_mesh):
+    gt = MeshSDF(box_mesh.vertices, box_mesh.faces)
+    aabb = np.array([[-1.1, -0.6, -0.6], [1.1, 0.6, 0.6]])
+    pool = SamplePool(SampleGenerator(gt, aabb, np.random.default_rng(3)), size=800, refresh=100)
+    pool.batch(64)
+    tensors, cursors = pool.state()
+    rng_state = pool.generator.rng.bit_generator.state
+    assert tensors["points"].shape == (800, 3) and cursors == {"next_near": 75, "next_uniform": 25}
+    expected = [pool.batch(64) for _ in range(3)]
+    rng = np.random.default_rng(99)
+    rng.bit_generator.state = rng_state
+    restored = SamplePool.from_state(SampleGenerator(gt, aabb, rng), 100, tensors, cursors)
+    for (points, distances), (points2, distances2) in zip(expected, (restored.batch(64) for _ in range(3))):
+        assert torch.equal(points, points2) and torch.equal(distances, distances2)
+    with pytest.raises(ValueError, match="saved sample pool"):
+        bad = {"points": tensors["points"][:, :2], "distances": tensors["distances"]}
+        SamplePool.from_state(pool.generator, 100, bad, cursors)
 
 
 def test_open_box_sign_follows_winding_number(box_mesh):

@@ -2,17 +2,17 @@
 
     >>> from ngp.image import fit_image, render_image
     >>> metrics = fit_image("builtin:astronaut", "runs/astronaut", seconds=60)
-    >>> picture = render_image("runs/astronaut/checkpoint", 2048, 2048, display=True)
+    >>> picture = render_image("runs/astronaut", 2048, 2048, display=True)
 
-Command line: ``ngp image fit IMAGE --out DIR``, ``ngp image render CHECKPOINT --width W --height H --out FILE``.
+Command line: ``ngp image fit IMAGE --out RUN``, ``ngp image render RUN --width W --height H --out FILE``.
 """
 
 from ngp.image.data import ImageTarget, pixel_centres
-from ngp.image.model import DEFAULT_CONFIG, build_image_model, image_config
+from ngp.image.model import build_image_model, image_config
 from ngp.image.render import load_image_model, render_image, render_to_file
-from ngp.image.trainer import DEFAULT_BATCH_SIZE, fit_image
+from ngp.image.trainer import ImageTask, build_image_task, fit_image
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "DEFAULT_CONFIG", "ImageTarget", "build_image_model", "fit_image", "image_config",
+    "ImageTarget", "ImageTask", "build_image_model", "build_image_task", "fit_image", "image_config",
     "load_image_model", "pixel_centres", "render_image", "render_to_file",
 ]

@@ -5,8 +5,10 @@ Pixel-centre convention: pixel ``(i, j)`` (row ``i``, column ``j``) of an ``H x 
 columns, ``y`` down the rows. Between pixel centres the target is bilinearly interpolated; outside the
 outermost centres it is clamped (the border pixels extend to the image edge).
 
-The image is stored once, in its own sample type (``uint8``, ``uint16``, ``float16`` or ``float32``);
-only the gathered samples are converted to float32, so a 100-megapixel 8-bit photo costs 300 MB.
+The image is stored once, in its own sample type (``uint8``, ``uint16``, ``float16`` or ``float32``),
+sharing the memory of the array it is given (CPU); only the gathered samples of a batch and the pixels
+of one row chunk are converted to float32, so a 100-megapixel 8-bit photo costs 300 MB and a
+gigapixel one 3 GB (12 GB as float32).
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The image model, ``(x, y) in [0, 1]^2 -> colour``, and the image task's config.
 
-The config has instant-ngp's shape (``configs/image/base.json``): ``loss``, ``optimizer``,
-``encoding``, ``network``, each a tiny-cuda-nn component config. A user config is merged over
-:data:`DEFAULT_CONFIG`: a component given with the same (or no) ``otype`` is merged key by key, one
-with another ``otype`` replaces the default. An unknown top-level key is an error naming it; unknown
-keys inside components are caught by the components themselves.
+The config has instant-ngp's shape (``ngp/configs/image/base.json``, where the defaults live and the
+measurements behind them are noted): ``loss``, ``optimizer``, ``encoding``, ``network``, each a
+tiny-cuda-nn component config, plus our ``training`` section; see :mod:`ngp.train.settings` for the
+one merge rule.
 
 One addition to tiny-cuda-nn's values: the grid's ``"n_levels": "auto"`` (the default here) picks the
 number of levels from the image, so that the finest level has about twice as many cells as the
@@ -21,82 +20,19 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from ngp.config import ConfigError, load_config, require_float
+from ngp.config import ConfigError, require_float
 from ngp.networks import NetworkWithInputEncoding
+from ngp.train.settings import build_config
 
-#: Chosen by measuring PSNR on albert.exr (1024^2) against samples seen and CPU time, on 2 CPU cores
-#: (see ``benchmarks/bench_image.py``); differences from instant-ngp's GPU config (configs/image/base.json):
-#: ``"n_levels": "auto"`` (8 levels for 1024^2 instead of 16: +1 dB for the same samples at less than
-#: half the cost per sample), ``log2_hashmap_size`` 19 instead of 24 (the optimizer's per-step cost
-#: grows with the table), and the ``Ema`` (decay 0.95) that instant-ngp's config has commented out
-#: (+0.6 to +0.8 dB after 16M to 32M samples: the last steps' batch noise averages out), and a learning
-#: rate of 5e-3 instead of 1e-2 (+0.3 to +0.6 dB from 500 steps of 2^15 samples on, on albert and
-#: astronaut, with fewer loss spikes; 2e-2 was worse).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "loss": {"otype": "L2"},
-    "optimizer": {
-        "otype": "Ema",
-        "decay": 0.95,
-        "nested": {
-            "otype": "ExponentialDecay",
-            "decay_start": 20000,
-            "decay_interval": 10000,
-            "decay_base": 0.33,
-            "nested": {
-                "otype": "Adam",
-                "learning_rate": 5e-3,
-                "beta1": 0.9,
-                "beta2": 0.99,
-                "epsilon": 1e-15,
-                "l2_reg": 1e-6,
-            },
-        },
-    },
-    "encoding": {
-        "otype": "HashGrid",
-        "n_levels": "auto",
-        "n_features_per_level": 2,
-        "log2_hashmap_size": 19,
-        "base_resolution": 16,
-    },
-    "network": {
-        "otype": "FullyFusedMLP",
-        "activation": "ReLU",
-        "output_activation": "None",
-        "n_neurons": 64,
-        "n_hidden_layers": 2,
-    },
-}
-CONFIG_KEYS = tuple(DEFAULT_CONFIG)
 AUTO = "auto"
 #: ``"n_levels": "auto"`` never exceeds tiny-cuda-nn's default level count.
 MAX_AUTO_LEVELS = 16
 
 
 def image_config(config: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The full image-task config: ``config`` (a file or dict, optional) merged over the defaults."""
-    user = load_config(config) if config is not None else {}
-    unknown = sorted(set(user) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"image config: unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(CONFIG_KEYS)}"
-        )
-    merged = copy.deepcopy(DEFAULT_CONFIG)
-    for key, value in user.items():
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"image config: {key!r} must be a JSON object, got {type(value).__name__}")
-        merged[key] = _merge(merged[key], value)
-    return merged
-
-
-def _merge(default: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    if "otype" in given and str(given["otype"]).lower() != str(default.get("otype", "")).lower():
-        return copy.deepcopy(dict(given))
-    out = copy.deepcopy(dict(default))
-    for key, value in given.items():
-        both_objects = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = _merge(out[key], value) if both_objects else value
-    return out
+    """The full image-task config: ``config`` (a file or dict, optional) merged over
+    ``ngp/configs/image/base.json`` (see :func:`ngp.train.settings.build_config`)."""
+    return build_config("image", config)
 
 
 def auto_levels(width: int, height: int, base_resolution: float, per_level_scale: float) -> int:

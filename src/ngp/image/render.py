@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from ngp.image.data import pixel_centres
 from ngp.image.model import build_image_model
-from ngp.io.checkpoints import load_checkpoint
+from ngp.io.checkpoints import CheckpointError, load_checkpoint
+from ngp.train.loop import load_trained_model
 from ngp.io.files import check_writable_file
 from ngp.io.images import READ_EXTENSIONS, linear_to_srgb, srgb_to_linear, supported_formats, write_image
-from ngp.training import resolve_device
+from ngp.train.precision import resolve_device
 
 #: Pixels evaluated per chunk.
 RENDER_CHUNK = 1 << 18
@@ -27,18 +28,16 @@ RENDER_CHUNK = 1 << 18
 MAX_SIDE = 1 << 17
 
 
-def load_image_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model saved by ``ngp image fit`` on ``device`` -> ``(model in eval mode, checkpoint config)``."""
-    tensors, config = load_checkpoint(checkpoint)
-    if config.get("primitive") != "image" or "model" not in config or "image" not in config:
-        raise ValueError(f"{checkpoint} is not an image checkpoint (written by `ngp image fit`)")
-    spec = config["model"]
-    model = build_image_model(spec, int(spec["n_output_dims"]))
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {checkpoint} does not match its config: {error}") from None
-    return model.to(resolve_device(device)).eval(), config
+def load_image_model(run: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model of an ``ngp image fit`` run (its folder, or its checkpoint folder) on ``device``
+    -> ``(model in eval mode with the averaged weights, image info)``; the info says e.g. ``linear``."""
+    tensors, meta = load_checkpoint(run, primitive="image")
+    image = meta.get("task", {}).get("image")
+    if not isinstance(image, dict) or "channels" not in image:
+        raise CheckpointError(f"{run}: the image checkpoint does not describe its image")
+    model = build_image_model(meta["config"], int(image["channels"]))
+    load_trained_model(model, tensors, meta, run)
+    return model.to(resolve_device(device)).eval(), image
 
 
 def render_image(
@@ -61,8 +60,8 @@ def render_image(
         ((1024, 1024, 3), dtype('uint8'))
     """
     _check_size(width, height)
-    model, config = load_image_model(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
-    linear = bool(config["image"].get("linear", False))
+    model, image = load_image_model(checkpoint) if not isinstance(checkpoint, tuple) else checkpoint
+    linear = bool(image.get("linear", False))
     channels = model.n_output_dims
     device = next(model.parameters()).device
     out = np.empty((height, width, channels), dtype=np.uint8 if display else np.float32)
@@ -102,7 +101,7 @@ def render_to_file(checkpoint: str | Path, width: int, height: int, out: str | P
         write_image(out, render_image(loaded, width, height, display=True, progress=progress))
     else:
         values = render_image(loaded, width, height, progress=progress)
-        if suffix == ".exr" and not loaded[1]["image"].get("linear", False):
+        if suffix == ".exr" and not loaded[1].get("linear", False):
             values = srgb_to_linear(values).astype(np.float32)
         write_image(out, values)
     return out

@@ -1,25 +1,22 @@
-"""Fitting an image: the paper's "gigapixel image" task, on whatever image you give it.
+"""Fitting an image: the paper's "gigapixel image" task, as a :class:`~ngp.train.loop.Task`.
 
-Each step draws ``batch_size`` random continuous positions, bilinearly interpolates the target there
-(:class:`ngp.image.data.ImageTarget`), and takes one optimizer step on the configured loss. At the end
-the model is evaluated at every pixel centre and the run folder receives::
+Each step draws ``training.batch_size`` random continuous positions, bilinearly interpolates the
+target there (:class:`ngp.image.data.ImageTarget`) and returns the configured loss; the shared loop
+(:mod:`ngp.train.loop`) does the rest. At the end the model is evaluated at every pixel centre and the
+run folder receives, besides the loop's ``checkpoint/``, ``metrics.json`` and ``training.png``::
 
     reconstruction.png   the model at the image's resolution (sRGB; EXR inputs are sRGB-encoded)
     reconstruction.exr   only for float inputs: the model's linear values
-    training.png         loss and PSNR curves
-    checkpoint/          model.safetensors + config.json, enough for ``ngp image render``
-    metrics.json         psnr, steps, seconds, samples_per_second, n_params, image, config (written last)
 
 PSNR is ``10 log10(1 / MSE)`` over all pixels and channels, on values in ``[0, 1]`` (uint8 / 255,
 uint16 / 65535, floats as loaded), with prediction and target clipped to ``[0, 1]``. For OpenEXR inputs
-that is the linear values as loaded, as instant-ngp reports it (not the sRGB-encoded picture).
+that is the linear values as loaded, as instant-ngp reports it (not the sRGB-encoded picture). It is
+measured on the pixels trained on: the image task fits one image, it has no held-out view.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,144 +25,120 @@ import torch
 from tqdm.auto import tqdm
 
 from ngp.image.data import ImageTarget
-from ngp.image.model import build_image_model, count_parameters, image_config, resolve_for_image
-from ngp.io.checkpoints import save_checkpoint
-from ngp.io.files import atomic_path, prepare_output_dir
-from ngp.io.images import ImageData, linear_to_srgb, read_image, write_image
+from ngp.image.model import build_image_model, count_parameters, resolve_for_image
+from ngp.io.images import ImageData, linear_to_srgb, read_image, srgb_to_linear, write_image
+from ngp.io.runs import RunFolder
 from ngp.losses import build_loss, l2
 from ngp.optim import build_optimizer
-from ngp.training import MixedPrecision, resolve_device
+from ngp.train.loop import Batch, LoopState
+from ngp.train.precision import MixedPrecision
+from ngp.train.session import TrainRequest, train_run
 
-#: Chosen by measurement on albert.exr, 2 CPU cores: 2^15 reached a higher PSNR than 2^16 for the same
-#: samples at about the same cost per sample; 2^14 was noisier and costlier per sample; instant-ngp's
-#: 2^18 (a GPU batch) gives too few steps in a minute on a CPU.
-DEFAULT_BATCH_SIZE = 1 << 15
-#: instant-ngp's batch on a GPU, where a step of 2^18 samples costs little more than one of 2^15.
-DEFAULT_GPU_BATCH_SIZE = 1 << 18
+PRIMITIVE = "image"
 #: Pixels evaluated per chunk in the final evaluation and in rendering.
 EVAL_CHUNK = 1 << 18
 
 
-def fit_image(
-    image_path: str | Path,
-    out_dir: str | Path,
-    seconds: float | None = None,
-    steps: int | None = None,
-    config: str | Path | Mapping[str, Any] | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    progress: bool = True,
-    keep_alpha: bool = False,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-) -> dict[str, Any]:
-    """Fit ``image_path`` (a file or ``builtin:NAME``) for ``seconds`` and/or ``steps`` (whichever ends
-    first) and write the run folder ``out_dir``. Returns the metrics written to ``metrics.json``.
+class ImageTask:
+    """One image being fitted (see the module doc). Built by :func:`build_image_task`."""
 
-    ``device`` (``auto``: CUDA when available) is where the image, model and optimizer live;
-    ``precision`` (``auto``: float16 mixed precision on CUDA, float32 on a CPU) is the MLP's, see
-    :class:`ngp.training.MixedPrecision`. ``batch_size`` defaults to 2^15 on a CPU, 2^18 on a GPU.
+    primitive = PRIMITIVE
 
-    Everything that can be wrong (config, image, output folder) is checked before training starts.
+    def __init__(self, image: ImageData, config: dict[str, Any], device: torch.device, precision: str):
+        training = config["training"]
+        self.image = image
+        self.config = resolve_for_image(config, image.width, image.height)
+        self.batch_size = _positive_int(training["batch_size"], "batch_size")
+        self.amp = MixedPrecision(device, precision)
+        self.loss_fn = build_loss(self.config["loss"])
+        self.model = build_image_model(self.config, image.channels).to(device)
+        self.optimizer = build_optimizer(self.config["optimizer"], self.model)
+        self.target = ImageTarget(image, device)
+        self.generator = torch.Generator(device).manual_seed(int(training["seed"]))
+
+    # -- the step -----------------------------------------------------------------------------------
+    def training_batch(self, step: int) -> Batch:
+        xy, values = self.target.sample(self.batch_size, self.generator)
+        prediction = self.model(xy)  # float32: ngp.Network leaves autocast in float32
+        return Batch(self.loss_fn(prediction, values), self.batch_size, (prediction, values))
+
+    def after_step(self, batch: Batch, applied: bool) -> dict[str, float]:
+        prediction, values = batch.extra
+        mse = float(batch.loss.detach()) if self.loss_fn is l2 else l2(prediction.detach(), values).item()
+        # batch targets are bilinear blends of pixels (smoother than the pixels): this runs above the
+        # PSNR at pixel centres
+        return {"psnr": psnr_from_mse(mse)}
+
+    def evaluate(self) -> dict[str, float]:
+        psnr, _, _ = evaluate(self.model, self.target, self.image.linear, keep_display=False)
+        return {"psnr_all_pixels": round(psnr, 4)}
+
+    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+        psnr, display, values = evaluate(self.model, self.target, self.image.linear, keep_values=self.image.is_float,
+                                         progress=True)
+        write_image(run.file("reconstruction.png"), display)
+        if values is not None:
+            linear = values if self.image.linear else srgb_to_linear(values).astype(np.float32)
+            write_image(run.file("reconstruction.exr"), linear)
+        return {"psnr": round(psnr, 4),
+                "psnr_note": "10*log10(1/MSE) over all pixels (the image trained on) at their centres, values in "
+                             "[0,1] clipped" + (" (linear, as loaded)" if self.image.linear else ""),
+                "batch_size": self.batch_size, "n_params": count_parameters(self.model), "image": image_info(self.image)}
+
+    # -- state --------------------------------------------------------------------------------------
+    def data_identity(self) -> dict[str, Any]:
+        info = image_info(self.image)
+        return {**{k: info[k] for k in ("source", "width", "height", "channels", "dtype")},
+                "fingerprint": fingerprint(self.image.array)}
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"generator": self.generator.get_state()}, {"image": image_info(self.image)}
+
+    def load_extra_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        if "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+
+
+def build_image_task(config: dict[str, Any], device: torch.device, precision: str) -> ImageTask:
+    """Read the image named by ``config["training"]["data"]`` and build the task."""
+    training = config["training"]
+    if not training.get("data"):
+        raise ValueError("no image given to fit")
+    image = read_image(training["data"], keep_alpha=bool(training["keep_alpha"]))
+    return ImageTask(image, config, device, precision)
+
+
+def fit_image(image: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
+              config: str | Path | Mapping[str, Any] | None = None, seed: int | None = None,
+              batch_size: int | None = None, keep_alpha: bool | None = None, progress: bool = True,
+              device: str = "auto", precision: str = "auto", resume: bool = False, force: bool = False,
+              checkpoint_every: float | None = None, eval_at=None) -> dict[str, Any]:
+    """Fit ``image`` (a file or ``builtin:NAME``) into the run folder ``out``; returns the metrics.
 
     Example:
         >>> metrics = fit_image("builtin:astronaut", "runs/astronaut", seconds=60)
-        >>> metrics["psnr"], metrics["steps"]  # on 2 busy CPU cores
-        (41.96, 1959)
+        >>> metrics["psnr"], metrics["steps"]
     """
-    device = resolve_device(device)
-    amp = MixedPrecision(device, precision)
-    if batch_size is None:
-        batch_size = DEFAULT_GPU_BATCH_SIZE if device.type == "cuda" else DEFAULT_BATCH_SIZE
-    _check_budget(seconds, steps, batch_size)
-    cfg = image_config(config)
-    loss_fn = build_loss(cfg["loss"])
-    image = read_image(image_path, keep_alpha=keep_alpha)
-    cfg = resolve_for_image(cfg, image.width, image.height)
-    torch.manual_seed(seed)
-    model = build_image_model(cfg, image.channels).to(device)
-    optimizer = build_optimizer(cfg["optimizer"], model)
-    out = prepare_output_dir(out_dir)
-
-    target = ImageTarget(image, device)
-    history = _train(model, optimizer, loss_fn, target, seconds, steps, batch_size, seed, progress, amp)
-    with optimizer.averaged_weights():
-        psnr, display, values = evaluate(model, target, image.linear, keep_values=image.is_float, progress=progress)
-        save_checkpoint(out / "checkpoint", model.state_dict(), _checkpoint_config(cfg, image, history["steps"]))
-
-    write_image(out / "reconstruction.png", display)
-    if values is not None:
-        write_image(out / "reconstruction.exr", values if image.linear else linear_values(values))
-    metrics = _metrics(psnr, history, batch_size, model, image, cfg, seed)
-    metrics.update(device=str(device), precision=amp.precision, skipped_steps=amp.skipped_steps)
-    write_training_plot(out / "training.png", history, psnr)
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
-    if progress:
-        tqdm.write(summary_line(metrics, out))
-    return metrics
+    overrides = {"data": data_path(image), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
+                 "keep_alpha": keep_alpha, "checkpoint_every": checkpoint_every, "eval_at": eval_at}
+    request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
+    return train_run(PRIMITIVE, build_image_task, request, log=print if progress else _silent)
 
 
-def _check_budget(seconds, steps, batch_size) -> None:
-    if seconds is None and steps is None:
-        raise ValueError("give a time limit (seconds) or a step count (steps)")
-    if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+def data_path(source: str | Path) -> str:
+    """An input as the run records it: existing files by absolute path (a resume may start elsewhere)."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
 
 
-def _train(model, optimizer, loss_fn, target, seconds, steps, batch_size, seed, progress,
-           amp: MixedPrecision | None = None) -> dict[str, Any]:
-    """The training loop: one sampled batch per step; only floats are recorded per step."""
-    amp = amp or MixedPrecision(target.device, "float32")
-    generator = torch.Generator(target.device).manual_seed(seed)
-    losses, mses, times = [], [], []
-    is_l2 = loss_fn is l2
-    bar = tqdm(
-        total=steps if steps is not None else float(seconds), unit="step" if steps is not None else "s",
-        disable=not progress, dynamic_ncols=True, leave=True,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]",
-    )
-    running_mse, last_shown, step = None, 0.0, 0
-    start = time.perf_counter()
-    while True:
-        xy, values = target.sample(batch_size, generator)
-        with amp.autocast():
-            prediction = model(xy)  # float32: ngp.Network leaves autocast in float32
-        loss = loss_fn(prediction, values)
-        optimizer.zero_grad()
-        amp.backward_and_step(loss, optimizer)
-        step += 1
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            bar.close()
-            raise FloatingPointError(f"training diverged at step {step}: loss is {loss_value}; lower the learning rate")
-        mse = loss_value if is_l2 else l2(prediction.detach(), values).item()
-        elapsed = time.perf_counter() - start
-        losses.append(loss_value)
-        mses.append(mse)
-        times.append(elapsed)
-        running_mse = mse if running_mse is None else 0.9 * running_mse + 0.1 * mse
-        done = (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds)
-        if progress and (elapsed - last_shown >= 0.25 or done):
-            bar.update((step if steps is not None else min(elapsed, seconds)) - bar.n)
-            bar.set_postfix_str(
-                f"loss={loss_value:.3g} psnr~{psnr_from_mse(running_mse):.2f}dB "
-                f"{_rate(step * batch_size / max(elapsed, 1e-9))} samples/s",
-                refresh=False,
-            )
-            last_shown = elapsed
-        if done:
-            break
-    bar.close()
-    return {"steps": step, "seconds": times[-1], "loss": losses, "mse": mses, "time": times}
+def _silent(message: str) -> None:
+    pass
 
 
-def _rate(per_second: float) -> str:
-    return f"{per_second / 1e6:.2f}M" if per_second >= 1e6 else f"{per_second / 1e3:.1f}k"
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -174,14 +147,16 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False, progress: bool = False):
+def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False, progress: bool = False,
+             keep_display: bool = True):
     """The model at every pixel centre, in row chunks -> ``(psnr, display uint8 [H, W, C], values)``.
 
-    ``display`` is what ``reconstruction.png`` shows (sRGB-encoded if the data is ``linear``);
-    ``values`` is the float32 ``[H, W, C]`` prediction when ``keep_values`` (else None).
+    ``display`` is what ``reconstruction.png`` shows (sRGB-encoded if the data is ``linear``; None
+    unless ``keep_display``: a gigapixel picture is 3 GB); ``values`` is the float32 ``[H, W, C]``
+    prediction when ``keep_values`` (else None).
     """
     h, w, c = target.height, target.width, target.channels
-    display = np.empty((h, w, c), dtype=np.uint8)
+    display = np.empty((h, w, c), dtype=np.uint8) if keep_display else None
     values = np.empty((h, w, c), dtype=np.float32) if keep_values else None
     squared_error = 0.0
     chunks = list(target.row_chunks(EVAL_CHUNK))
@@ -190,100 +165,37 @@ def evaluate(model, target: ImageTarget, linear: bool, keep_values: bool = False
         prediction = model(target.pixel_centres(rows)).float()
         clipped = prediction.clamp(0.0, 1.0)
         squared_error += (clipped - target.pixels(rows).clamp_(0.0, 1.0)).square().sum(dtype=torch.float64).item()
-        display[rows] = _display_uint8(clipped, linear).view(-1, w, c).cpu().numpy()
+        if display is not None:
+            shown = linear_to_srgb(clipped) if linear else clipped
+            display[rows] = (shown * 255.0 + 0.5).to(torch.uint8).view(-1, w, c).cpu().numpy()
         if values is not None:
             values[rows] = prediction.view(-1, w, c).cpu().numpy()
     return psnr_from_mse(squared_error / (h * w * c)), display, values
 
 
-def _display_uint8(clipped: torch.Tensor, linear: bool) -> torch.Tensor:
-    shown = linear_to_srgb(clipped) if linear else clipped
-    return (shown * 255.0 + 0.5).to(torch.uint8)
+def fingerprint(array: np.ndarray) -> str:
+    """A cheap content hash (a sparse lattice of pixels): tells a changed image from the one trained on."""
+    import hashlib
+
+    step_y, step_x = max(1, array.shape[0] // 257), max(1, array.shape[1] // 263)
+    return hashlib.sha1(np.ascontiguousarray(array[::step_y, ::step_x]).tobytes()).hexdigest()[:16]
 
 
-def linear_values(values: np.ndarray) -> np.ndarray:
-    """Display-encoded (sRGB) float values -> linear light, for writing to EXR."""
-    from ngp.io.images import srgb_to_linear
-
-    return srgb_to_linear(values).astype(np.float32)
-
-
-def _checkpoint_config(cfg: Mapping[str, Any], image: ImageData, steps: int) -> dict[str, Any]:
-    return {
-        "primitive": "image",
-        "model": {
-            "n_input_dims": 2, "n_output_dims": image.channels, "encoding": cfg["encoding"], "network": cfg["network"],
-        },
-        "config": cfg,
-        "image": _image_info(image),
-        "steps": steps,
-    }
-
-
-def _image_info(image: ImageData) -> dict[str, Any]:
+def image_info(image: ImageData) -> dict[str, Any]:
     return {
         "source": image.source, "width": image.width, "height": image.height, "channels": image.channels,
         "channel_names": list(image.channel_names), "dtype": str(image.array.dtype), "linear": image.linear,
     }
 
 
-def _metrics(psnr, history, batch_size, model, image, cfg, seed) -> dict[str, Any]:
-    seconds = history["seconds"]
-    return {
-        "psnr": round(psnr, 4),
-        "psnr_note": "10*log10(1/MSE) over all pixels at their centres, values in [0,1] clipped"
-        + (" (linear, as loaded)" if image.linear else ""),
-        "steps": history["steps"],
-        "seconds": round(seconds, 3),
-        "samples_per_second": round(history["steps"] * batch_size / seconds, 1),
-        "batch_size": batch_size,
-        "n_params": count_parameters(model),
-        "seed": seed,
-        "final_batch_loss": history["loss"][-1],
-        "image": _image_info(image),
-        "config": cfg,
-    }
-
-
-def write_training_plot(path: Path, history: Mapping[str, Any], final_psnr: float) -> None:
-    """Loss and batch-PSNR curves against steps -> PNG (matplotlib's Agg canvas, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps = np.arange(1, len(history["loss"]) + 1)
-    figure = Figure(figsize=(10, 4), dpi=100, layout="tight")
-    FigureCanvasAgg(figure)
-    ax_loss, ax_psnr = figure.subplots(1, 2)
-    ax_loss.semilogy(steps, history["loss"], linewidth=0.8)
-    ax_loss.set(xlabel="step", ylabel="training loss (batch)", title="loss")
-    psnr = -10.0 * np.log10(np.maximum(np.asarray(history["mse"]), 1e-12))
-    # Batch targets are bilinear blends of pixels (smoother than the pixels), so the batch PSNR runs
-    # above the full-image PSNR at pixel centres.
-    ax_psnr.plot(steps, psnr, linewidth=0.5, alpha=0.4, label="batch")
-    ax_psnr.plot(steps, _smooth(psnr), linewidth=1.2, label="batch, smoothed")
-    if math.isfinite(final_psnr):
-        ax_psnr.axhline(final_psnr, color="k", linestyle="--", linewidth=0.8, label=f"full image {final_psnr:.2f} dB")
-    ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="PSNR")
-    ax_psnr.legend(loc="lower right")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-
-
-def _smooth(values: np.ndarray, window: int = 25) -> np.ndarray:
-    window = max(1, min(window, len(values)))
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, values[0]), values])
-    return np.convolve(padded, kernel, mode="valid")
-
-
 def summary_line(metrics: Mapping[str, Any], out: Path | str) -> str:
     image = metrics["image"]
+    rate = metrics["samples_per_second"] or 0.0
     return (
         f"fitted {image['source']} ({image['width']}x{image['height']}x{image['channels']}): "
         f"PSNR {metrics['psnr']:.2f} dB after {metrics['steps']} steps in {metrics['seconds']:.1f} s "
-        f"({_rate(metrics['samples_per_second'])} samples/s, {metrics['n_params'] / 1e6:.2f}M params); "
-        f"wrote {out}"
+        f"({rate / 1e6:.2f}M samples/s, {metrics['n_params'] / 1e6:.2f}M params); wrote {out}"
     )
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "evaluate", "fit_image", "psnr_from_mse", "summary_line"]
+__all__ = ["ImageTask", "build_image_task", "evaluate", "fit_image", "psnr_from_mse", "summary_line"]

@@ -1,6 +1,14 @@
-"""Checkpoints: a folder with ``model.safetensors`` (tensors) and ``config.json`` (everything else).
+"""Checkpoints: a folder with ``model.safetensors`` (tensors) and ``checkpoint.json`` (everything else).
 
 Never pickle: loading a checkpoint reads numbers and JSON, and cannot execute code from the file.
+
+The folder is written as one unit (:func:`ngp.io.files.atomic_folder`): both files go into a fresh
+sibling folder, which then replaces the old checkpoint. A crash can therefore never leave new tensors
+beside an old JSON; a crash between the swap's two renames leaves ``<name>.old``, which
+:func:`load_checkpoint` falls back to.
+
+``checkpoint.json`` carries ``format_version`` (checked on load: an older or newer file is refused
+with both versions named) and ``primitive`` (``image``, ``sdf`` or ``nerf``).
 """
 
 from __future__ import annotations
@@ -13,46 +21,92 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ngp.io.files import atomic_path, prepare_output_dir
+from ngp.io.files import OLD_SUFFIX, atomic_folder
 
 TENSORS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
+META_FILE = "checkpoint.json"
+#: 2: one folder written as a unit, ``checkpoint.json`` (1 had ``config.json``, written file by file).
+FORMAT_VERSION = 2
 
 
-def save_checkpoint(folder: str | Path, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> Path:
-    """Write ``tensors`` and the JSON-serialisable ``config`` into ``folder`` (each file atomically).
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, unreadable, of another version or primitive."""
 
-    ``config`` should say what to rebuild (e.g. ``{"primitive": "image", "model": {...}}``).
+
+def save_checkpoint(folder: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``tensors`` and the JSON-serialisable ``meta`` as the checkpoint folder ``folder``, as one unit.
+
+    ``meta`` should say what to rebuild (e.g. ``{"primitive": "image", "config": {...}}``);
+    ``format_version`` is added.
     """
-    folder = prepare_output_dir(folder)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    with atomic_path(folder / TENSORS_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    with atomic_path(folder / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2))
+    text = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=1)  # fails before any file is touched
+    with atomic_folder(folder) as staging:
+        save_file(tensors, str(staging / TENSORS_FILE))
+        (staging / META_FILE).write_text(text)
     return folder
 
 
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint folder written by :func:`save_checkpoint` -> ``(tensors, config)``."""
-    folder = Path(folder)
-    if folder.is_file() and folder.name in (TENSORS_FILE, CONFIG_FILE):
-        folder = folder.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {folder}")
-    for name in (TENSORS_FILE, CONFIG_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"checkpoint {folder} has no {name}")
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder of ``path``: a run folder (holding ``checkpoint/``), a checkpoint folder,
+    or a file inside one. Falls back to ``checkpoint.old`` left by a crash during a save."""
+    path = Path(path)
+    if path.is_file() and path.name in (TENSORS_FILE, META_FILE):
+        path = path.parent
+    if not path.exists():
+        raise FileNotFoundError(f"run or checkpoint folder not found: {path}")
+    for candidate in (path / "checkpoint", path, path / ("checkpoint" + OLD_SUFFIX)):
+        if (candidate / META_FILE).is_file() or (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} holds no checkpoint (no checkpoint/{META_FILE})")
+
+
+def load_checkpoint(path: str | Path, primitive: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` -> ``(tensors, meta)``.
+
+    ``path`` may be a run folder, a checkpoint folder or a file in one. With ``primitive``, a
+    checkpoint of another primitive is refused. Every problem is a :class:`CheckpointError` (or
+    FileNotFoundError) that names the folder.
+    """
+    folder = find_checkpoint(path)
+    if not (folder / META_FILE).is_file():  # version 1 wrote config.json
+        raise CheckpointError(f"checkpoint {folder} has format version 1 (written by an older ngp); this ngp "
+                              f"reads version {FORMAT_VERSION}: train it again")
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"checkpoint config {folder / CONFIG_FILE} is not valid JSON: {error}") from None
+        meta = json.loads((folder / META_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint {folder / META_FILE} is not valid JSON: {error}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {folder / META_FILE} must hold a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        age = "newer" if isinstance(version, int) and version > FORMAT_VERSION else "older"
+        raise CheckpointError(f"checkpoint {folder} has format version {version!r} ({age} than this ngp's); this "
+                              f"ngp reads version {FORMAT_VERSION}")
+    if primitive is not None and meta.get("primitive") != primitive:
+        raise CheckpointError(f"{folder} is a checkpoint of {meta.get('primitive')!r}, not of {primitive!r}")
+    if not (folder / TENSORS_FILE).is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {TENSORS_FILE}")
     try:
         tensors = load_file(str(folder / TENSORS_FILE))
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"checkpoint tensors {folder / TENSORS_FILE} cannot be read: {error}") from None
-    return tensors, config
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint tensors {folder / TENSORS_FILE} cannot be read: {error}") from None
+    return tensors, meta
+
+
+def subset(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_module_state(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str, where) -> None:
+    """``module.load_state_dict`` from the ``prefix``-ed tensors, with a clear error on a mismatch."""
+    try:
+        module.load_state_dict(subset(tensors, prefix))
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {where} does not match its config: {error}") from None
 
 
 def flatten_optimizer_state(state: Mapping[str, Any], prefix: str = "optimizer.") -> tuple[dict[str, torch.Tensor], dict]:

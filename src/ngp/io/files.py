@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: Where :func:`atomic_folder` keeps the previous folder while it swaps in the new one.
+OLD_SUFFIX = ".old"
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds it replaces ``path`` whole,
+    when it fails it is deleted and ``path`` is left as it was. ``path`` never holds a mix of old
+    and new files.
+
+    A folder cannot be renamed over a non-empty one, so the swap is two renames: old -> ``NAME.old``,
+    new -> ``NAME``. A crash between the two leaves only ``NAME.old``: readers that must survive
+    that (checkpoints) fall back to it, and the next successful write removes it.
+
+    Example:
+        >>> with atomic_folder(run / "frames") as tmp:
+        ...     write_png(tmp / "frame_0000.png", frame)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; results follow the umask
+        old = path.with_name(path.name + OLD_SUFFIX)
+        if path.exists():
+            if old.exists():  # a leftover from an earlier crash; path is the good copy
+                shutil.rmtree(old)
+            os.replace(path, old)
+        try:
+            os.replace(staging, path)
+        except OSError:
+            if old.exists() and not path.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -16,10 +16,15 @@ NeRF-synthetic. Cameras sit on the upper hemisphere at distance 4 looking at the
 ``camera_angle_x`` = 0.6911 as NeRF-synthetic. Everything lies within ``[-1.45, 1.45]^3``, so
 instant-ngp's scale 0.33 maps it into the unit cube (``aabb_scale`` 1).
 
+Generation is crash-safe: the scene is rendered into a hidden sibling folder and renamed into
+place when complete; :func:`builtin_scene_is_complete` tells a finished scene from anything else.
+
 Example::
 
     >>> path = make_builtin_scene("/tmp/scene", n_train=100, n_test=20, resolution=200)
     >>> ds = ngp.nerf.datasets.load_dataset(path)
+    >>> builtin_scene_is_complete(path, resolution=200)
+    True
 
 Command line: ``python -m ngp.nerf.builtin_scene OUT [--n-train 100 --n-test 20 --resolution 200]``.
 """
@@ -29,11 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_builtin_scene", "render_rays", "render_image", "camera_poses", "CAMERA_ANGLE_X"]
+__all__ = ["make_builtin_scene", "builtin_scene_is_complete", "render_rays", "render_image", "camera_poses",
+           "CAMERA_ANGLE_X"]
 
 CAMERA_ANGLE_X = 0.6911112070083618  # NeRF-synthetic's
 CAMERA_DISTANCE = 4.0
@@ -261,6 +270,37 @@ def render_image(pose: np.ndarray, resolution: int, supersample: int = 2,
 
 
 # ---------------------------------------------------------------------------------------- writing
+MARKER = ".builtin_scene.json"  # written last: its presence means the scene is complete
+SCENE_VERSION = 1  # bump when the renderer changes, so that older scenes are regenerated
+_PARAMS = ("n_train", "n_test", "n_val", "resolution", "seed", "supersample")
+_SPLITS = ("train", "val", "test")
+_OWN_ENTRIES = {MARKER, *_SPLITS, *(f"transforms_{s}.json" for s in _SPLITS)}
+
+
+def builtin_scene_is_complete(path: str | Path, **params) -> bool:
+    """True when ``path`` holds a built-in scene whose generation finished.
+
+    Args:
+        path: the folder given to :func:`make_builtin_scene`.
+        **params: any of :func:`make_builtin_scene`'s parameters (``n_train``, ``resolution``, ...):
+            when given, the scene must also have been made with these values.
+
+    Example::
+
+        >>> if not builtin_scene_is_complete(data, resolution=200):
+        ...     make_builtin_scene(data, resolution=200)
+    """
+    unknown = set(params) - set(_PARAMS)
+    if unknown:
+        raise ValueError(f"unknown built-in scene parameter(s) {sorted(unknown)}; known: {', '.join(_PARAMS)}")
+    try:
+        recorded = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):  # no marker (unfinished, or not a scene) or an unreadable one
+        return False
+    return (isinstance(recorded, dict) and recorded.get("version") == SCENE_VERSION
+            and all(recorded.get(k) == v for k, v in params.items()))
+
+
 def make_builtin_scene(out_dir: str | Path, n_train: int = 100, n_test: int = 20,
                        n_val: int = 10, resolution: int = 200, seed: int = 0,
                        supersample: int = 2) -> Path:
@@ -270,23 +310,78 @@ def make_builtin_scene(out_dir: str | Path, n_train: int = 100, n_test: int = 20
     val, test). Images go to ``out_dir/{split}/r_{i}.png``; ``file_path`` has no extension, as
     NeRF-synthetic. 100 frames at 200x200 with 2x2 supersampling take a few seconds.
 
+    The scene is rendered into a hidden sibling folder that is renamed to ``out_dir`` only when
+    complete (with the marker :func:`builtin_scene_is_complete` checks written last), so a crash
+    never leaves a partial scene that looks usable. An existing ``out_dir`` is replaced if it is
+    empty or holds a (possibly partial) built-in scene; a complete one made with the same
+    parameters is kept (the result would be the same files).
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or a folder holding anything else (checked before
+            rendering; nothing is touched).
+
     Example::
 
         >>> make_builtin_scene("/tmp/scene", n_train=10, n_test=2, n_val=2, resolution=64)
         PosixPath('/tmp/scene')
     """
+    out = Path(os.path.abspath(out_dir))  # absolute: "." has no name or parent to rename within
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = dict(n_train=n_train, n_test=n_test, n_val=n_val, resolution=resolution, seed=seed,
+                  supersample=supersample)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes a 0700 folder; the scene follows the umask
+        for offset, (split, n) in enumerate(zip(_SPLITS, (n_train, n_val, n_test))):
+            _write_split(tmp, split, camera_poses(n, seed + offset), resolution, supersample)
+        (tmp / MARKER).write_text(json.dumps({"version": SCENE_VERSION, **params}, indent=2))
+        # another process may have finished the same (deterministic) scene meanwhile: keep its files,
+        # which a reader may already be using
+        if not builtin_scene_is_complete(out, **params):
+            _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return Path(out_dir)
+
+
+def _write_split(root: Path, split: str, poses: np.ndarray, resolution: int, supersample: int) -> None:
     import imageio.v3 as iio
 
-    out = Path(out_dir)
-    for offset, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
-        (out / split).mkdir(parents=True, exist_ok=True)
-        frames = []
-        for i, pose in enumerate(camera_poses(n, seed + offset)):
-            iio.imwrite(out / split / f"r_{i}.png", render_image(pose, resolution, supersample))
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
-        meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
-        (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
-    return out
+    (root / split).mkdir()
+    frames = []
+    for i, pose in enumerate(poses):
+        iio.imwrite(root / split / f"r_{i}.png", render_image(pose, resolution, supersample))
+        frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
+    meta = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
+    (root / f"transforms_{split}.json").write_text(json.dumps(meta, indent=2))
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but nothing, an empty folder or a built-in scene (even partial)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"cannot write the built-in scene to {out}: it is a file")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"cannot write the built-in scene to {out}: the folder holds other files "
+                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``, replacing an old ``out`` (renamed aside, then deleted)."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rename(out, old / out.name)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,9 @@
     [SH(d), h] [S,32] --colour MLP (64 neurons, 2 hidden layers)--> sigmoid --> rgb [S,3]
 
 Built from an instant-ngp ``configs/nerf/*.json``-shaped config with the keys ``loss``,
-``optimizer``, ``encoding``, ``network``, ``dir_encoding``, ``rgb_network`` (see
-:func:`parse_nerf_config`). As instant-ngp, a HashGrid without ``per_level_scale`` reaches the
-finest resolution ``2048 * aabb_scale``.
+``optimizer``, ``encoding``, ``network``, ``dir_encoding``, ``rgb_network`` (defaults in
+``ngp/configs/nerf/base.json``, see :func:`parse_nerf_config`). As instant-ngp, a HashGrid
+without ``per_level_scale`` reaches the finest resolution ``2048 * aabb_scale``.
 
 Example::
 
@@ -30,11 +30,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ngp.config import ConfigError, load_config
 from ngp.encodings import Encoding
 from ngp.networks import Network
+from ngp.train.settings import build_config, default_config
 
-__all__ = ["NerfField", "DEFAULT_CONFIG", "parse_nerf_config", "trunc_exp", "DESIRED_RESOLUTION"]
+__all__ = ["NerfField", "DEFAULT_CONFIG", "MODEL_KEYS", "model_config", "parse_nerf_config", "trunc_exp",
+           "DESIRED_RESOLUTION"]
 
 #: instant-ngp's finest hash-grid resolution for a unit aabb; multiplied by ``aabb_scale``.
 DESIRED_RESOLUTION = 2048
@@ -43,53 +44,46 @@ N_GEOMETRY_FEATURES = 16
 #: ``exp`` is clamped at this argument: keeps early, noisy steps from overflowing to inf.
 MAX_LOG_DENSITY = 15.0
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "loss": {"otype": "Huber"},
-    "optimizer": {
-        "otype": "Ema", "decay": 0.95,
-        "nested": {"otype": "ExponentialDecay", "decay_start": 20000, "decay_interval": 10000,
-                   "decay_base": 0.33,
-                   "nested": {"otype": "Adam", "learning_rate": 1e-2, "beta1": 0.9, "beta2": 0.99,
-                              "epsilon": 1e-15, "l2_reg": 1e-6}},
-    },
-    "encoding": {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2,
-                 "log2_hashmap_size": 19, "base_resolution": 16},
-    "network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None",
-                "n_neurons": 64, "n_hidden_layers": 1},
-    "dir_encoding": {"otype": "Composite", "nested": [
-        {"n_dims_to_encode": 3, "otype": "SphericalHarmonics", "degree": 4}, {"otype": "Identity"}]},
-    "rgb_network": {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None",
-                    "n_neurons": 64, "n_hidden_layers": 2},
-}
-CONFIG_KEYS = tuple(DEFAULT_CONFIG)
+#: Top-level sections of a NeRF config that describe the model (besides ``training``).
+MODEL_KEYS = ("loss", "optimizer", "encoding", "network", "dir_encoding", "rgb_network")
+#: The model sections of ``ngp/configs/nerf/base.json``, where the defaults live (read, not copied).
+DEFAULT_CONFIG: dict[str, Any] = {k: v for k, v in default_config("nerf").items() if k in MODEL_KEYS}
+CONFIG_KEYS = MODEL_KEYS
 #: instant-ngp sections for features this implementation does not have (learned lens distortion,
 #: environment map): accepted so that instant-ngp's own configs load, and reported as ignored.
 IGNORED_KEYS = ("distortion_map", "envmap")
 
 
 def parse_nerf_config(source: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A complete NeRF config from a file or dict: missing sections come from :data:`DEFAULT_CONFIG`.
+    """A complete NeRF config (model sections and ``training``) from a file or dict, deep-merged over
+    ``ngp/configs/nerf/base.json`` by the one merge rule (:func:`ngp.train.settings.build_config`).
 
-    Unknown top-level keys raise :class:`~ngp.config.ConfigError`; ``distortion_map`` and ``envmap``
-    (instant-ngp features not implemented here) are dropped with a warning. Sections are validated
-    when the field and optimizer are built from them.
+    Unknown top-level or ``training`` keys raise :class:`~ngp.config.ConfigError`; ``distortion_map``
+    and ``envmap`` (instant-ngp features not implemented here) are dropped with a warning. Model
+    sections are validated when the field and optimizer are built from them.
     """
-    config = {} if source is None else load_config(source)
-    unknown = sorted(set(config) - set(CONFIG_KEYS) - set(IGNORED_KEYS))
-    if unknown:
-        raise ConfigError(f"NeRF config: unknown key(s) {', '.join(map(repr, unknown))}; "
-                          f"known keys: {', '.join(CONFIG_KEYS + IGNORED_KEYS)}")
+    config = build_config("nerf", source, ignored_sections=IGNORED_KEYS)
+    return drop_ignored_sections(config)
+
+
+def drop_ignored_sections(config: dict[str, Any]) -> dict[str, Any]:
+    """Remove (with a warning) the instant-ngp sections this implementation ignores."""
     ignored = [k for k in IGNORED_KEYS if k in config]
     if ignored:
         warnings.warn(f"NeRF config: section(s) {', '.join(ignored)} are ignored (not implemented)",
-                      stacklevel=2)
-    merged = copy.deepcopy(DEFAULT_CONFIG)
-    for key in CONFIG_KEYS:
-        if key in config:
-            if not isinstance(config[key], Mapping):
-                raise ConfigError(f"NeRF config: {key!r} must be a JSON object, got {config[key]!r}")
-            merged[key] = copy.deepcopy(dict(config[key]))
-    return merged
+                      stacklevel=3)
+    for key in ignored:
+        del config[key]
+    return config
+
+
+def model_config(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Only the model sections of a (possibly partial) NeRF config, merged over the defaults; a
+    ``training`` section is neither needed nor checked here."""
+    if isinstance(config, Mapping):
+        config = {k: v for k, v in config.items() if k != "training"}
+    full = parse_nerf_config(config)
+    return {k: full[k] for k in MODEL_KEYS}
 
 
 class _TruncExp(torch.autograd.Function):
@@ -139,7 +133,7 @@ class NerfField(nn.Module):
 
     def __init__(self, aabb: torch.Tensor, aabb_scale: int = 1, config: Mapping[str, Any] | None = None):
         super().__init__()
-        config = parse_nerf_config(config)
+        config = model_config(config)
         encoding = dict(config["encoding"])
         if encoding.get("otype") in ("HashGrid", "DenseGrid", "Grid") and \
                 "per_level_scale" not in encoding and "finest_resolution" not in encoding:

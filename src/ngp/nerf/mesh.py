@@ -1,7 +1,7 @@
 """Extracting a triangle mesh from a NeRF's density by marching cubes.
 
 The density ``sigma`` is sampled on a ``resolution^3`` lattice spanning the field's aabb and the
-iso-surface ``sigma = threshold`` is extracted with ``skimage.measure.marching_cubes``. The default
+iso-surface ``sigma = threshold`` is extracted by marching cubes (both from :mod:`ngp.geometry.grids`). The default
 threshold, 2.5, is instant-ngp's (its densities are in the same units as ours: per unit of the
 normalised scene, where NeRF-synthetic objects span about 1). Vertices are mapped back to the
 data set's own coordinates (undoing the scale/offset/axis cycle of
@@ -20,31 +20,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ngp.geometry.grids import evaluate_grid, marching_cubes
 from ngp.io.files import atomic_path
 from ngp.nerf.field import NerfField
 
-__all__ = ["DEFAULT_THRESHOLD", "density_grid", "extract_mesh", "write_mesh", "ngp_to_dataset"]
+__all__ = ["DEFAULT_THRESHOLD", "density_grid", "extract_mesh", "ngp_to_dataset", "vertex_colors", "write_mesh"]
 
 #: instant-ngp's marching-cubes density threshold.
 DEFAULT_THRESHOLD = 2.5
 
 
-@torch.inference_mode()
 def density_grid(field: NerfField, resolution: int, chunk: int = 1 << 18, progress: bool = True) -> np.ndarray:
-    """``[R, R, R]`` float32 densities at the lattice points ``lo + (hi - lo) * i / (R - 1)``,
-    indexed ``[ix, iy, iz]``."""
-    lo, hi = field.aabb[0], field.aabb[1]
-    device = lo.device
-    axes = [torch.linspace(float(lo[i]), float(hi[i]), resolution, device=device) for i in range(3)]
-    out = np.empty((resolution,) * 3, dtype=np.float32)
-    for ix in tqdm(range(resolution), desc="density", unit="slice", disable=not progress, dynamic_ncols=True):
-        yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), dim=-1).reshape(-1, 2)
-        points = torch.cat([torch.full((yz.shape[0], 1), float(axes[0][ix]), device=device), yz], dim=1)
-        sigma = torch.cat([field.density(p) for p in points.split(chunk)])
-        out[ix] = sigma.reshape(resolution, resolution).cpu().numpy()
-    return out
+    """``[R, R, R]`` float32 densities at the lattice points ``lo + (hi - lo) * i / (R - 1)`` of the
+    field's aabb, indexed ``[ix, iy, iz]`` (evaluated on the field's device)."""
+    lo, hi = field.aabb[0].tolist(), field.aabb[1].tolist()
+    with torch.inference_mode():
+        return evaluate_grid(field.density, lo, hi, (resolution,) * 3, chunk=chunk, device=field.aabb.device,
+                             progress=progress, desc="density")
 
 
 def ngp_to_dataset(points: np.ndarray, scale: float, offset) -> np.ndarray:
@@ -69,7 +62,6 @@ def extract_mesh(field: NerfField, resolution: int = 256, threshold: float = DEF
             below it).
     """
     import trimesh
-    from skimage.measure import marching_cubes
 
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
@@ -78,22 +70,24 @@ def extract_mesh(field: NerfField, resolution: int = 256, threshold: float = DEF
         raise ValueError(f"no surface at density threshold {threshold}: the density ranges over "
                          f"[{sigma.min():.3g}, {sigma.max():.3g}] (train longer or pick another --threshold)")
     lo, hi = field.aabb[0].double().cpu().numpy(), field.aabb[1].double().cpu().numpy()
-    spacing = tuple((hi - lo) / (resolution - 1))
-    verts, faces, normals, _ = marching_cubes(sigma, level=threshold, spacing=spacing)
-    verts = verts + lo
-    # skimage's normals point down the density gradient, i.e. out of the object: look against them
-    with torch.inference_mode():
-        device = field.aabb.device
-        positions = torch.as_tensor(np.ascontiguousarray(verts), dtype=torch.float32, device=device)
-        directions = -torch.nn.functional.normalize(
-            torch.as_tensor(np.ascontiguousarray(normals), dtype=torch.float32, device=device), dim=-1)
-        colors = torch.cat([field(p, d)[1] for p, d in zip(positions.split(1 << 16), directions.split(1 << 16))])
+    verts, faces, normals = marching_cubes(sigma, lo, hi, level=threshold, inside="above")
+    colors = vertex_colors(field, verts, normals)
     if not ngp_frame:
         verts = ngp_to_dataset(verts, scale, offset)
-    rgba = np.concatenate([np.round(colors.cpu().numpy() * 255), np.full((len(verts), 1), 255)], axis=1)
-    # skimage winds the faces of a "high inside" volume inwards: flip them so normals point out
-    return trimesh.Trimesh(vertices=verts, faces=np.ascontiguousarray(faces[:, ::-1]),
-                           vertex_colors=rgba.astype(np.uint8), process=False)
+    rgba = np.concatenate([np.round(colors * 255), np.full((len(verts), 1), 255)], axis=1)
+    return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=rgba.astype(np.uint8), process=False)
+
+
+@torch.inference_mode()
+def vertex_colors(field: NerfField, vertices: np.ndarray, normals: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """``[V, 3]`` colours in ``[0, 1]`` of the field at ``vertices [V, 3]`` (ngp frame), seen from
+    outside: looking against the outward ``normals [V, 3]``."""
+    device = field.aabb.device
+    positions = torch.as_tensor(np.ascontiguousarray(vertices), dtype=torch.float32, device=device)
+    directions = -torch.nn.functional.normalize(
+        torch.as_tensor(np.ascontiguousarray(normals), dtype=torch.float32, device=device), dim=-1)
+    colors = [field(p, d)[1] for p, d in zip(positions.split(chunk), directions.split(chunk))]
+    return torch.cat(colors).cpu().numpy()
 
 
 def write_mesh(mesh, path: str | Path) -> Path:

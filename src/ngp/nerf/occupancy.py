@@ -323,7 +323,7 @@ class OccupancyGrid(torch.nn.Module):
         front of a camera and projects inside its image (pinhole; lens distortion ignored).
 
         Args:
-            cameras: an :class:`ngp.nerf.cameras.Cameras` (or anything with ``c2w [n, 3, 4]`` in the
+            cameras: an :class:`ngp.geometry.cameras.Cameras` (or anything with ``c2w [n, 3, 4]`` in the
                 OpenGL camera convention, ``fx, fy, cx, cy, width, height [n]``).
             near: corners closer than this to a camera do not count.
 

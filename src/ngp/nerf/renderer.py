@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ngp.nerf.cameras import Cameras, generate_rays
+from ngp.geometry.cameras import Cameras, generate_rays
 from ngp.nerf.field import NerfField
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.ops.nerf import RaySamples, composite, march_rays, ray_aabb_intersect

@@ -1,120 +1,143 @@
-"""Training a NeRF as instant-ngp does: random pixels, an adaptive number of rays per batch, random
-background colours for transparent data, occupancy-grid updates every 16 steps, Adam + EMA.
+"""Training a NeRF as instant-ngp does, as a :class:`~ngp.train.loop.Task` of the shared loop.
+
+Each step (:meth:`NerfTask.training_batch`) updates the occupancy grid when due (every
+``grid_update_interval`` steps; the grid owns nothing else of the schedule), draws ``n_rays`` random
+pixels, composites transparent ones on a random background colour per ray, renders them and returns
+the Huber loss; :meth:`NerfTask.after_step` adapts ``n_rays`` so the next batch has about
+``target_samples`` samples. The loop (:mod:`ngp.train.loop`) does everything else: budget, progress,
+divergence guard, ``--eval-at``, checkpoints, Ctrl-C, ``training.png`` and ``metrics.json``.
+
+Validation measures frames that were never trained on:
+
+* Blender / NeRF-synthetic folders: their ``val`` split (``test`` when there is no ``val``);
+* a single ``transforms.json`` (instant-ngp / nerfstudio): every ``training.holdout_every``-th frame
+  (8 by default) is held out of training and used for validation;
+* nothing to hold out (``holdout_every`` 0, or a file of one frame): the figures are measured on
+  training views and labelled so (``train_view_psnr``, ``train_view_XX.png``); ``val_psnr`` is None.
+
+Besides the loop's files the run folder receives ``val_XX.png`` (render | ground truth) for
+``training.val_images`` validation frames. ``ngp nerf train builtin`` trains on the built-in scene,
+generated once into ``$XDG_CACHE_HOME/ngp/builtin-scene-v1`` (``~/.cache/...``) and reused (see
+:func:`resolve_data`): outside the run folder, so ``--force`` never deletes it.
 
 Example::
 
-    >>> dataset = load_dataset("data/nerf/lego", downscale=2)
-    >>> trainer = NerfTrainer(dataset, config=None, settings=TrainSettings(seed=0))
-    >>> trainer.train(seconds=60)
-    >>> trainer.save("runs/lego/checkpoint")
+    >>> metrics = train_nerf("builtin", "runs/builtin", seconds=120)
+    >>> metrics["val_psnr"], metrics["steps"]
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
-import time
-from dataclasses import asdict, dataclass, field as dataclass_field
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from ngp.config import ConfigError
-from ngp.io.checkpoints import flatten_optimizer_state, load_checkpoint, restore_optimizer, save_checkpoint
+from ngp.geometry.cameras import generate_rays
+from ngp.io.checkpoints import CheckpointError, subset
+from ngp.io.runs import RunFolder
 from ngp.losses import build_loss
-from ngp.nerf.cameras import generate_rays
-from ngp.nerf.datasets import NerfDataset
-from ngp.nerf.field import NerfField, parse_nerf_config
+from ngp.nerf.datasets import NerfDataset, load_dataset
+from ngp.nerf.evaluation import background_for, evaluate, ground_truth, side_by_side, write_png
+from ngp.nerf.field import IGNORED_KEYS, NerfField, drop_ignored_sections, model_config
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.nerf.renderer import Renderer, RenderSettings
 from ngp.optim import build_optimizer
-from ngp.training import MixedPrecision, resolve_device
+from ngp.train.loop import Batch, LoopState
+from ngp.train.precision import MixedPrecision
+from ngp.train.session import TrainRequest, train_run
 
-__all__ = ["TrainSettings", "NerfTrainer", "StepStats", "CHECKPOINT_PRIMITIVE"]
+__all__ = ["BUILTIN", "BUILTIN_SCENE", "NerfTask", "TrainSettings", "Validation", "build_grid", "build_nerf_task",
+           "builtin_scene_dir", "load_training_data", "resolve_data", "summary_line", "train_nerf", "PRIMITIVE"]
 
-CHECKPOINT_PRIMITIVE = "nerf"
+PRIMITIVE = "nerf"
+#: The data argument that names the built-in scene.
+BUILTIN = "builtin"
+#: The built-in scene as ``ngp nerf train builtin`` generates it (see :mod:`ngp.nerf.builtin_scene`).
+BUILTIN_SCENE = dict(n_train=100, n_val=10, n_test=20, resolution=200)
+#: Its cache folder's name; the ``v1`` changes with ``BUILTIN_SCENE`` (the scene itself checks its
+#: renderer's version and the parameters, see :func:`~ngp.nerf.builtin_scene.builtin_scene_is_complete`).
+BUILTIN_CACHE_NAME = "builtin-scene-v1"
 
 
-@dataclass
+# ------------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
 class TrainSettings:
-    """Training knobs that are not part of the model config.
+    """The NeRF knobs of a config's ``training`` section (a view: the values, and their defaults, live
+    in ``ngp/configs/nerf/base.json``; ``training.cuda`` holds the GPU overrides).
 
     Attributes:
-        target_samples: samples per step the ray count adapts to (instant-ngp: 2^18 on a GPU;
-            2^16 is the CPU default, large enough for efficient matrix products).
+        downscale: integer image downscale factor.
+        holdout_every: single ``transforms.json``: every n-th frame is held out for validation (0: none).
+        val_images: validation frames rendered and measured at evaluations and at the end.
+        target_samples: samples per step the ray count adapts to (2^16 on a CPU, 2^18 on a GPU).
         initial_rays, min_rays, max_rays: the adaptive ray count's start and bounds.
         grid_resolution, grid_threshold, grid_ema_decay, grid_update_interval: the occupancy grid
             (128^3 per cascade, density threshold 0.01, EMA 0.95, updated every 16 steps).
         grid_warmup_steps, grid_sample_fraction: updates at steps 16, 32, 64, ... below
             ``grid_warmup_steps`` evaluate every cell, the others ``grid_sample_fraction`` of the
-            cells at random plus as many occupied ones. (instant-ngp: every update before step 256
-            is full, early ones come every step, later ones use 1/4. On a CPU a full update of 2M
-            cells costs as much as several training steps, hence the leaner defaults.)
+            cells at random plus as many occupied ones (instant-ngp: every update before step 256 is
+            full; on a CPU a full update of 2M cells costs as much as several training steps).
         compact: run the backward pass only on samples in front of where a ray turns opaque.
         random_background: composite transparent training pixels on a random colour per ray.
         seed: seeds the model's initialisation and the pixel sampling.
     """
 
-    target_samples: int = 1 << 16
-    initial_rays: int = 1 << 12
-    min_rays: int = 1 << 7
-    max_rays: int = 1 << 16
-    grid_resolution: int = 128
-    grid_threshold: float = 0.01
-    grid_ema_decay: float = 0.95
-    grid_update_interval: int = 16
-    grid_warmup_steps: int = 256
-    grid_sample_fraction: float = 1 / 16
-    compact: bool = True
-    random_background: bool = True
-    seed: int = 0
+    downscale: int
+    holdout_every: int
+    val_images: int
+    target_samples: int
+    initial_rays: int
+    min_rays: int
+    max_rays: int
+    grid_resolution: int
+    grid_threshold: float
+    grid_ema_decay: float
+    grid_update_interval: int
+    grid_warmup_steps: int
+    grid_sample_fraction: float
+    compact: bool
+    random_background: bool
+    seed: int
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], device: torch.device | None = None) -> "TrainSettings":
-        """Settings from ``values`` over the defaults for ``device`` (see :meth:`defaults_for`)."""
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"training settings: unknown key(s) {', '.join(map(repr, unknown))}")
-        return cls(**{**cls.defaults_for(device), **values})
+    def from_training(cls, training: Mapping[str, Any]) -> "TrainSettings":
+        """The settings of a full ``training`` section (:func:`ngp.train.settings.build_config`'s)."""
+        missing = [f.name for f in fields(cls) if f.name not in training]
+        if missing:
+            raise ConfigError(f"nerf training settings lack {', '.join(missing)}")
+        settings = cls(**{f.name: training[f.name] for f in fields(cls)})
+        settings.check()
+        return settings
 
-    @staticmethod
-    def defaults_for(device: torch.device | None) -> dict[str, Any]:
-        """Overrides of the CPU defaults on a GPU: instant-ngp's 2^18 samples per step (a GPU step of
-        2^18 samples costs little more than one of 2^16), and room for the rays that takes."""
-        if device is not None and torch.device(device).type == "cuda":
-            return {"target_samples": 1 << 18, "max_rays": 1 << 18}
-        return {}
-
-
-@dataclass
-class StepStats:
-    """One training step: ``loss``, ``psnr`` of the batch (dB), rays and samples used, seconds taken."""
-
-    step: int
-    loss: float
-    psnr: float
-    n_rays: int
-    n_samples: int
-    seconds: float
-
-
-@dataclass
-class History:
-    """Per-step statistics of a run (kept for the metrics and the training curve)."""
-
-    steps: list[int] = dataclass_field(default_factory=list)
-    seconds: list[float] = dataclass_field(default_factory=list)
-    loss: list[float] = dataclass_field(default_factory=list)
-    psnr: list[float] = dataclass_field(default_factory=list)
-    samples: list[int] = dataclass_field(default_factory=list)
-
-    def append(self, s: StepStats, elapsed: float) -> None:
-        self.steps.append(s.step)
-        self.seconds.append(elapsed)
-        self.loss.append(s.loss)
-        self.psnr.append(s.psnr)
-        self.samples.append(s.n_samples)
+    def check(self) -> None:
+        minimum = {"downscale": 1, "holdout_every": 0, "val_images": 0, "target_samples": 1, "initial_rays": 1,
+                   "min_rays": 1, "max_rays": 1, "grid_resolution": 1, "grid_update_interval": 1,
+                   "grid_warmup_steps": 0, "seed": None}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                raise ConfigError(f"nerf training {name} must be an integer{f' >= {low}' if low is not None else ''}, "
+                                  f"got {value!r}")
+        if self.min_rays > self.max_rays:
+            raise ConfigError(f"nerf training min_rays ({self.min_rays}) exceeds max_rays ({self.max_rays})")
+        for name, low, high, open_low in (("grid_threshold", 0.0, math.inf, False), ("grid_ema_decay", 0.0, 1.0, False),
+                                          ("grid_sample_fraction", 0.0, 1.0, True)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and (value > low if open_low else value >= low) and value <= high
+            if not ok:
+                raise ConfigError(f"nerf training {name} must be a number in {'(' if open_low else '['}{low}, "
+                                  f"{high}], got {value!r}")
+        for name in ("compact", "random_background"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"nerf training {name} must be true or false, got {getattr(self, name)!r}")
 
 
 def n_cascades_for(aabb_scale: int) -> int:
@@ -122,115 +145,234 @@ def n_cascades_for(aabb_scale: int) -> int:
     return int(round(math.log2(aabb_scale))) + 1
 
 
-class NerfTrainer:
-    """A NeRF's model, occupancy grid, optimizer and training state.
+def build_grid(aabb: torch.Tensor, aabb_scale: int, settings: TrainSettings) -> OccupancyGrid:
+    """The occupancy grid of a scene. The update schedule is the task's (see :meth:`NerfTask._update_grid`):
+    the grid is built with a one-step warm-up, so that "step 0" asks it for a full pass."""
+    s = settings
+    return OccupancyGrid(aabb, resolution=s.grid_resolution, n_cascades=n_cascades_for(aabb_scale),
+                         threshold=s.grid_threshold, ema_decay=s.grid_ema_decay,
+                         update_interval=s.grid_update_interval, warmup_steps=1,
+                         sample_fraction=s.grid_sample_fraction)
 
-    Args:
-        dataset: the training images and cameras (:class:`~ngp.nerf.datasets.NerfDataset`);
-            ``None`` is allowed when only rendering from a checkpoint (:meth:`from_checkpoint`).
-        config: NeRF config (file, dict or ``None`` for the defaults), see
-            :func:`~ngp.nerf.field.parse_nerf_config`.
-        settings: :class:`TrainSettings`.
-        aabb, aabb_scale: the scene box; taken from ``dataset`` when it is given.
-        device: where the field, the occupancy grid and the optimizer live (``auto``: CUDA when
-            available). The data set stays on the CPU; each batch of rays is copied over.
-        precision: the MLPs' precision, see :class:`ngp.training.MixedPrecision` (``auto``: float16
-            with loss scaling on CUDA, float32 on a CPU).
+
+# ------------------------------------------------------------------------------------------- data
+def builtin_scene_dir() -> Path:
+    """Where ``builtin`` is generated: ``$XDG_CACHE_HOME/ngp/builtin-scene-v1`` (``~/.cache`` when the
+    variable is unset or not absolute, as the XDG spec says)."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if cache and os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "ngp" / BUILTIN_CACHE_NAME
+
+
+def resolve_data(data: str | Path) -> str:
+    """A data argument as the run records it: ``builtin`` -> the built-in scene's cache folder, an
+    existing path -> its absolute path (a resume may start elsewhere), anything else unchanged (the
+    task reports it missing)."""
+    if str(data) == BUILTIN:
+        return str(builtin_scene_dir())
+    path = Path(data)
+    return str(path.resolve()) if path.exists() else str(data)
+
+
+def prepare_data(data: str, log: Callable[[str], None] = print) -> Path:
+    """The data set folder or file to read: the built-in scene is generated on first use (atomically:
+    an interrupted generation leaves nothing that looks complete) and reused afterwards."""
+    from ngp.nerf.builtin_scene import builtin_scene_is_complete, make_builtin_scene
+
+    path = Path(data)
+    if path == builtin_scene_dir():
+        if builtin_scene_is_complete(path, **BUILTIN_SCENE):
+            log(f"using the built-in scene in {path}")
+        else:
+            log(f"generating the built-in scene into {path} (once; later runs reuse it) ...")
+            make_builtin_scene(path, **BUILTIN_SCENE)
+    elif not path.exists():
+        raise FileNotFoundError(f"data set not found: {data}")
+    return path
+
+
+@dataclass
+class Validation:
+    """What the validation figures are measured on.
+
+    Attributes:
+        dataset: the frames: held out of training, or (``held_out`` False) the training frames.
+        indices: the ``val_images`` frames of ``dataset`` rendered at evaluations and at the end.
+        held_out: whether ``dataset`` was never trained on.
+        description: one line saying which frames these are.
     """
 
-    def __init__(self, dataset: NerfDataset | None, config=None, settings: TrainSettings | None = None,
-                 aabb: torch.Tensor | None = None, aabb_scale: int | None = None,
-                 device: str | torch.device = "auto", precision: str = "auto"):
-        self.device = resolve_device(device)
-        self.amp = MixedPrecision(self.device, precision)
-        self.settings = settings or TrainSettings.from_dict({}, self.device)
-        self.config = parse_nerf_config(config)
-        self.dataset = dataset
-        #: ``[n, 3, 4]`` training camera poses (kept in checkpoints, for orbit videos)
-        self.scene_c2w = dataset.cameras.c2w.clone() if dataset is not None else None
-        aabb = dataset.aabb if dataset is not None else aabb
-        aabb_scale = dataset.aabb_scale if dataset is not None else aabb_scale
-        torch.manual_seed(self.settings.seed)
-        self.field = NerfField(aabb, aabb_scale, self.config)
-        s = self.settings
-        self.grid = OccupancyGrid(self.field.aabb, resolution=s.grid_resolution,
-                                  n_cascades=n_cascades_for(aabb_scale), threshold=s.grid_threshold,
-                                  ema_decay=s.grid_ema_decay, update_interval=s.grid_update_interval,
-                                  warmup_steps=1, sample_fraction=s.grid_sample_fraction)
-        self.field.to(self.device)
-        self.grid.to(self.device)
-        if dataset is not None and aabb_scale > 1:
-            # cells no camera sees stay empty (instant-ngp's mark_untrained); NeRF-synthetic
-            # cameras surround the unit cube, where this would cost seconds and change nothing
-            self.grid.mark_untrained(dataset.cameras)
+    dataset: NerfDataset
+    indices: list[int]
+    held_out: bool
+    description: str
+
+    @property
+    def prefix(self) -> str:
+        """``val`` for held-out frames, ``train_view`` for training views (figure and file names)."""
+        return "val" if self.held_out else "train_view"
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (first and last included), fewer if ``n < k``."""
+    if n <= 0 or k <= 0:
+        return []
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+
+
+def blender_validation_split(path: Path) -> str | None:
+    """A Blender folder's validation split: ``val``, else ``test``, else None."""
+    folder = path if path.is_dir() else path.parent
+    return next((s for s in ("val", "test") if (folder / f"transforms_{s}.json").is_file()), None)
+
+
+def load_training_data(path: Path, settings: TrainSettings,
+                       log: Callable[[str], None] = print) -> tuple[NerfDataset, Validation]:
+    """The training frames and the validation frames (see the module doc) -> ``(train, validation)``."""
+    s = settings
+    train = load_dataset(path, "train", s.downscale, holdout_every=s.holdout_every)
+    if len(train) == 0:
+        raise ValueError(f"{path}: no frames left to train on")
+    held, description = held_out_frames(path, train, s)
+    if held is None:
+        description += "; figures on training views are labelled train_view_psnr"
+        validation = Validation(train, spread_indices(len(train), s.val_images), False, description)
+    else:
+        validation = Validation(held, spread_indices(len(held), s.val_images), True, description)
+    log(f"training on {len(train)} images of {int(train.cameras.width[0])}x{int(train.cameras.height[0])} "
+        f"({path}), aabb_scale {train.aabb_scale}; {description}")
+    return train, validation
+
+
+def held_out_frames(path: Path, train: NerfDataset, settings: TrainSettings) -> tuple[NerfDataset | None, str]:
+    """The frames never trained on (None if there are none) and a line saying which they are."""
+    if train.format == "blender":
+        split = blender_validation_split(path)
+        if split is None:
+            return None, "no validation split (no transforms_val.json or transforms_test.json)"
+        val = load_dataset(path if path.is_dir() else path.parent, split, settings.downscale)
+        return val, f"validation on the {_frames(len(val))} of transforms_{split}.json (never trained on)"
+    if not train.n_held_out:
+        return None, train.holdout_summary()
+    val = load_dataset(path, "val", settings.downscale, holdout_every=settings.holdout_every)
+    return val, train.holdout_summary()
+
+
+def _frames(n: int) -> str:
+    return f"{n} frame{'s' * (n != 1)}"
+
+
+def transforms_digest(*datasets: NerfDataset) -> str:
+    """SHA-1 of the transforms files the data sets were read from (a resume must find them unchanged)."""
+    digest = hashlib.sha1()
+    for path in sorted({str(d.transforms_path) for d in datasets if d.transforms_path is not None}):
+        digest.update(Path(path).name.encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def scene_info(train: NerfDataset, data: str, settings: TrainSettings) -> dict[str, Any]:
+    """What reading commands need of the data, as JSON (they run without it)."""
+    cams = train.cameras
+    return {"data": data, "transforms": str(train.transforms_path), "format": train.format,
+            "downscale": settings.downscale, "holdout_every": settings.holdout_every,
+            "white_background": bool(train.white_background), "linear": bool(train.linear),
+            "scale": train.scale, "offset": list(train.offset), "aabb": train.aabb.tolist(),
+            "aabb_scale": train.aabb_scale, "focal": float(cams.fx[0]), "width": int(cams.width[0]),
+            "height": int(cams.height[0]), "n_train_images": len(train)}
+
+
+# ------------------------------------------------------------------------------------------- task
+class NerfTask:
+    """A NeRF being trained: field, occupancy grid, optimizer, adaptive ray count (see the module doc).
+
+    Built by :func:`build_nerf_task`. ``model`` is the :class:`~ngp.nerf.field.NerfField`; the grid,
+    the ray count, the sampling generator and the training cameras travel in :meth:`extra_state`.
+    """
+
+    primitive = PRIMITIVE
+
+    def __init__(self, train: NerfDataset, validation: Validation, config: dict[str, Any], device: torch.device,
+                 precision: str):
+        self.config = config
+        self.settings = s = TrainSettings.from_training(config["training"])
+        self.dataset, self.validation = train, validation
+        self.amp = MixedPrecision(device, precision)
+        torch.manual_seed(s.seed)  # the same initial weights however the task is built
+        self.model = NerfField(train.aabb, train.aabb_scale, model_config(config)).to(device)
+        self.grid = build_grid(train.aabb, train.aabb_scale, s).to(device)
+        if train.aabb_scale > 1:
+            # cells no camera sees stay empty (instant-ngp's mark_untrained); NeRF-synthetic cameras
+            # surround the unit cube, where this would cost seconds and change nothing
+            self.grid.mark_untrained(train.cameras)
             # mark_untrained also thresholds the (still zero) densities, which empties the grid;
-            # until the first update, every cell some camera sees stays occupied
+            # until the first update every cell some camera sees stays occupied
             with torch.no_grad():
                 self.grid.occupied.copy_(self.grid.valid & (self.grid.density >= 0))
-        self.renderer = Renderer(self.field, self.grid, RenderSettings.for_scene(aabb_scale))
-        self.optimizer = build_optimizer(self.config["optimizer"], self.field)
-        self.loss_fn = build_loss(self.config["loss"])
-        self.generator = torch.Generator().manual_seed(self.settings.seed)
-        self.step = 0
-        self.n_rays = s.initial_rays
-        self.seconds = 0.0  # training time so far, over all sessions of a resumed run
-        self.history = History()
+        self.renderer = Renderer(self.model, self.grid, RenderSettings.for_scene(train.aabb_scale))
+        self.optimizer = build_optimizer(config["optimizer"], self.model)
+        self.loss_fn = build_loss(config["loss"])
+        self.generator = torch.Generator().manual_seed(s.seed)
+        self.n_rays: int | None = None  # set by a probe march at the first step
+        self.scene = scene_info(train, str(config["training"]["data"]), s)
+        self._identity = self._data_identity()
+        self._grid_updated_at = -1
 
-    # ---------------------------------------------------------------------------------- training
-    def _density_for_grid(self, positions: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.field.density(positions)
+    # -- the step -----------------------------------------------------------------------------------
+    def training_batch(self, step: int) -> Batch:
+        s = self.settings
+        # the loop runs this under autocast; only the field's MLPs may run in float16: rays, marching
+        # and grid updates stay float32 (float16 rays are off by pixels, and the CPU kernels refuse them)
+        with self._float32():
+            self._update_grid(step)
+            if self.n_rays is None:
+                self.n_rays = self._initial_rays()
+            origins, directions, background, target = self._sample_rays(self.n_rays)
+        out = self.renderer.render_rays(origins, directions, background, self.generator, compact=s.compact)
+        loss = self.loss_fn(out.color, target)  # float32: compositing takes and returns float32
+        return Batch(loss, out.n_samples, (out, target, self.n_rays))
 
-    def _update_grid(self) -> None:
+    def _sample_rays(self, n: int) -> tuple[torch.Tensor, ...]:
+        """``n`` random training pixels -> ``origins, directions [n, 3]``, ``background [n, 3]`` and the
+        ``target [n, 3]`` colours composited on it, on the task's device."""
+        cam, pixel_xy, rgba = self.dataset.sample_batch(n, self.generator)
+        origins, directions = generate_rays(self.dataset.cameras, cam, pixel_xy)
+        if self.settings.random_background:
+            background = torch.rand(n, 3, generator=self.generator)
+        else:
+            background = torch.ones(n, 3) if self.dataset.white_background else torch.zeros(n, 3)
+        target = rgba[:, :3] * rgba[:, 3:] + background * (1.0 - rgba[:, 3:])
+        return tuple(t.to(self.amp.device, non_blocking=True) for t in (origins, directions, background, target))
+
+    def _float32(self):
+        return torch.autocast(self.amp.device.type, enabled=False)
+
+    def after_step(self, batch: Batch, applied: bool) -> dict[str, float]:
+        out, target, n_rays = batch.extra
+        mse = (out.color.detach() - target).square().mean().item()
+        self._adapt_batch(out.n_samples, out.n_marched)
+        return {"psnr": -10.0 * math.log10(max(mse, 1e-10)), "rays": n_rays, "samples": out.n_samples}
+
+    def _update_grid(self, step: int) -> None:
         """Occupancy-grid update every ``grid_update_interval`` steps (none at step 0, where the
         densities are noise and every cell stays occupied). Updates at steps below
         ``grid_warmup_steps`` that are powers of two evaluate every cell; the others a fraction
-        (see :class:`TrainSettings`)."""
+        (see :class:`TrainSettings`). A step retried after a skipped (non-finite) one is not updated twice."""
         s = self.settings
-        if self.step == 0 or self.step % s.grid_update_interval:
+        if step == 0 or step % s.grid_update_interval or step == self._grid_updated_at:
             return
-        full = self.step < s.grid_warmup_steps and (self.step & (self.step - 1)) == 0
-        # the grid is built with a one-step warm-up: "step 0" asks it for a full pass
-        self.grid.update(0 if full else self.step, self._density_for_grid, force=True, generator=self.generator)
+        self._grid_updated_at = step
+        full = step < s.grid_warmup_steps and (step & (step - 1)) == 0
+        with torch.no_grad():
+            self.grid.update(0 if full else step, self.model.density, force=True, generator=self.generator)
 
     def _initial_rays(self) -> int:
         """Rays for the first step: march a probe batch to see how many samples a ray gets."""
         cam, pixel_xy, _ = self.dataset.sample_batch(256, self.generator)
         origins, directions = generate_rays(self.dataset.cameras, cam, pixel_xy)
-        samples = self.renderer.march(origins.to(self.device), directions.to(self.device))
+        samples = self.renderer.march(origins.to(self.amp.device), directions.to(self.amp.device))
         per_ray = max(samples.n_samples / 256, 1.0)
         s = self.settings
         return int(min(max(s.target_samples / per_ray // 64 * 64, s.min_rays), s.max_rays))
-
-    def train_step(self) -> StepStats:
-        """One optimisation step on a batch of ``self.n_rays`` random pixels."""
-        start = time.perf_counter()
-        s = self.settings
-        self._update_grid()
-        if self.step == 0:
-            self.n_rays = self._initial_rays()
-        cam, pixel_xy, rgba = self.dataset.sample_batch(self.n_rays, self.generator)
-        origins, directions = generate_rays(self.dataset.cameras, cam, pixel_xy)
-        if s.random_background:
-            background = torch.rand(self.n_rays, 3, generator=self.generator)
-        else:
-            background = torch.ones(self.n_rays, 3) if self.dataset.white_background else torch.zeros(self.n_rays, 3)
-        target = rgba[:, :3] * rgba[:, 3:] + background * (1.0 - rgba[:, 3:])
-        origins, directions, background, target = (t.to(self.device, non_blocking=True)
-                                                   for t in (origins, directions, background, target))
-
-        with self.amp.autocast():  # the MLPs in float16 on a GPU; marching and compositing stay float32/64
-            out = self.renderer.render_rays(origins, directions, background, self.generator, compact=s.compact)
-        loss = self.loss_fn(out.color, target)  # float32: compositing takes and returns float32
-        self.optimizer.zero_grad()
-        self.amp.backward_and_step(loss, self.optimizer)
-
-        mse = (out.color.detach() - target).square().mean().item()
-        stats = StepStats(self.step, loss.item(), -10.0 * math.log10(max(mse, 1e-10)), self.n_rays,
-                          out.n_samples, time.perf_counter() - start)
-        self._adapt_batch(out.n_samples, out.n_marched)
-        self.step += 1
-        return stats
 
     def _adapt_batch(self, measured_samples: int, marched_samples: int | None = None) -> None:
         """instant-ngp's rule: scale the ray count so the next batch has about ``target_samples``
@@ -244,119 +386,135 @@ class NerfTrainer:
             wanted = min(wanted, self.n_rays * 16 * s.target_samples / marched_samples)
         self.n_rays = int(min(max(round(wanted / 128) * 128, s.min_rays), s.max_rays))
 
-    def train(self, steps: int | None = None, seconds: float | None = None, progress: bool = True,
-              callback: Callable[[StepStats], None] | None = None) -> History:
-        """Train for ``steps`` more steps and/or ``seconds`` more seconds (whichever ends first).
+    # -- evaluation and outputs -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """PSNR of the (averaged) model on the ``val_images`` validation frames: ``{"val_psnr": ...}``
+        (``train_view_psnr`` when nothing was held out)."""
+        v = self.validation
+        if not v.indices:
+            return {}
+        result = evaluate(self.renderer, v.dataset, v.indices, with_ssim=False, progress=False)
+        return {f"{v.prefix}_psnr": round(result.mean_psnr, 4)}
 
-        Shows a tqdm progress bar (loss, PSNR of the batch, samples/s, ETA) unless ``progress`` is
-        False. Returns the history of all steps so far.
-        """
-        if steps is None and seconds is None:
-            raise ValueError("give steps or seconds (or both)")
-        if self.dataset is None:
-            raise ValueError("this trainer has no dataset to train on")
-        first_step, start = self.step, time.perf_counter()
-        by_time = steps is None
-        bar = tqdm(total=round(seconds) if by_time else steps, disable=not progress, unit="s" if by_time else "step",
-                   desc="training", dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                   "[{elapsed}<{remaining}{postfix}]")
-        samples_window: list[tuple[int, float]] = []
-        self.field.train()
-        try:
-            while True:
-                elapsed = time.perf_counter() - start
-                if (steps is not None and self.step - first_step >= steps) or \
-                        (seconds is not None and elapsed >= seconds):
-                    break
-                stats = self.train_step()
-                elapsed = time.perf_counter() - start
-                self.history.append(stats, self.seconds + elapsed)
-                samples_window = (samples_window + [(stats.n_samples, stats.seconds)])[-20:]
-                if callback is not None:
-                    callback(stats)
-                rate = sum(n for n, _ in samples_window) / max(sum(t for _, t in samples_window), 1e-9)
-                bar.set_postfix_str(f"step={self.step} loss={stats.loss:.4f} psnr={stats.psnr:.2f} "
-                                    f"rays={stats.n_rays} samples/s={rate / 1e3:.0f}k", refresh=False)
-                bar.update(min(round(elapsed), bar.total) - bar.n if by_time else 1)
-        finally:
-            self.seconds += time.perf_counter() - start
-            bar.close()
-        return self.history
+    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+        """``val_XX.png`` (render | ground truth) and the final figures."""
+        v = self.validation
+        metrics: dict[str, Any] = {"val_psnr": None}
+        if v.indices:
+            result = evaluate(self.renderer, v.dataset, v.indices, with_ssim=False, keep_renders=True, progress=False)
+            background = background_for(v.dataset)
+            for k, (i, render) in enumerate(zip(v.indices, result.renders)):
+                truth = ground_truth(v.dataset, i, background)
+                write_png(run.file(f"{v.prefix}_{k:02d}.png"), side_by_side(render, truth))
+            metrics[f"{v.prefix}_psnr"] = round(result.mean_psnr, 4)
+            metrics[f"{v.prefix}_per_image"] = [
+                {"frame": v.dataset.frame_indices[r["index"]], "file": r["file"], "psnr": round(r["psnr"], 4)}
+                for r in result.per_image]
+        metrics["validation"] = {"held_out": v.held_out, "split": v.dataset.split, "n_frames": len(v.dataset),
+                                 "n_rendered": len(v.indices), "description": v.description}
+        metrics.update({"occupancy_fraction": round(self.grid.occupancy_fraction, 5),
+                        "final_rays_per_batch": self.n_rays,
+                        "n_params": sum(p.numel() for p in self.model.parameters()), "scene": self.scene})
+        return metrics
 
-    # ------------------------------------------------------------------------------ checkpoints
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        tensors.update({f"grid.{k}": v for k, v in self.grid.state_dict().items()})
-        opt_tensors, _ = flatten_optimizer_state(self.optimizer.state_dict())
-        tensors.update(opt_tensors)
-        tensors["generator_state"] = self.generator.get_state()
-        if self.scene_c2w is not None:
-            tensors["scene.c2w"] = self.scene_c2w
-        return tensors
+    # -- state --------------------------------------------------------------------------------------
+    def data_identity(self) -> dict[str, Any]:
+        return dict(self._identity)
 
-    def save(self, folder: str | Path, scene: Mapping[str, Any] | None = None) -> Path:
-        """Write a resumable checkpoint (safetensors + JSON, no pickle) into ``folder``.
+    def _data_identity(self) -> dict[str, Any]:
+        """What the data was when loaded (a file edited during training does not change it)."""
+        val = self.validation.dataset if self.validation.held_out else None
+        return {"data": self.scene["data"], "format": self.dataset.format,
+                "transforms_sha1": transforms_digest(*[d for d in (self.dataset, val) if d is not None]),
+                "n_train_images": len(self.dataset), "n_val_images": len(val) if val is not None else 0,
+                "downscale": self.settings.downscale, "resolution": [self.scene["width"], self.scene["height"]]}
 
-        ``scene`` (JSON) is stored alongside: e.g. the data path and downscale, the camera
-        intrinsics a video render needs.
-        """
-        _, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
-        config = {
-            "primitive": CHECKPOINT_PRIMITIVE,
-            "config": self.config,
-            "settings": asdict(self.settings),
-            "aabb": self.field.aabb.tolist(),
-            "aabb_scale": self.field.aabb_scale,
-            "step": self.step,
-            "n_rays": self.n_rays,
-            "seconds": self.seconds,
-            "optimizer": opt_meta,
-            "mixed_precision": self.amp.state_dict(),
-            "scene": dict(scene or {}),
-            "history": asdict(self.history),
-        }
-        return save_checkpoint(folder, self.state_tensors(), config)
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"grid.{k}": v for k, v in self.grid.state_dict().items()}
+        tensors["generator"] = self.generator.get_state()
+        tensors["scene.c2w"] = self.dataset.cameras.c2w  # for orbit videos, which run without the data
+        return tensors, {"n_rays": self.n_rays, "scene": self.scene}
 
-    @classmethod
-    def from_checkpoint(cls, folder: str | Path, dataset: NerfDataset | None = None, device: str | torch.device = "auto",
-                        precision: str = "auto") -> tuple["NerfTrainer", dict]:
-        """Rebuild a trainer on ``device`` from :meth:`save`'s folder -> ``(trainer, checkpoint json)``.
+    def load_extra_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        load_grid_state(self.grid, tensors, "the checkpoint")
+        if "generator" in tensors:
+            self.generator.set_state(tensors["generator"])
+        self.n_rays = meta.get("n_rays")
 
-        Only numbers (safetensors) and JSON are read; a config with unknown keys raises
-        :class:`~ngp.config.ConfigError` before anything is built.
-        """
-        tensors, meta = load_checkpoint(folder)
-        if meta.get("primitive") != CHECKPOINT_PRIMITIVE:
-            raise ValueError(f"{folder} is not a NeRF checkpoint (primitive={meta.get('primitive')!r})")
-        for key in ("config", "settings", "aabb", "aabb_scale", "step", "optimizer"):
-            if key not in meta:
-                raise ValueError(f"NeRF checkpoint {folder} lacks {key!r} in its config.json")
-        settings = TrainSettings.from_dict(meta["settings"])
-        trainer = cls(dataset, meta["config"], settings, torch.tensor(meta["aabb"]), int(meta["aabb_scale"]),
-                      device=device, precision=precision)
-        if dataset is not None and not torch.allclose(dataset.aabb, trainer.field.aabb.cpu()):
-            raise ValueError(f"the data set's aabb {dataset.aabb.tolist()} differs from the checkpoint's "
-                             f"{meta['aabb']}: is it the same scene?")
-        trainer._load_tensors(tensors, folder)
-        restore_optimizer(trainer.optimizer, tensors, meta["optimizer"])
-        if trainer.amp.scaler.is_enabled():  # a float32 run resumed in float16 starts a fresh scale
-            trainer.amp.load_state_dict(meta.get("mixed_precision", {}))
-        trainer.step = int(meta["step"])
-        trainer.n_rays = int(meta.get("n_rays", settings.initial_rays))
-        trainer.seconds = float(meta.get("seconds", 0.0))
-        trainer.history = History(**meta.get("history", {}))
-        return trainer, meta
 
-    def _load_tensors(self, tensors: Mapping[str, torch.Tensor], folder) -> None:
-        def part(prefix):
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def load_grid_state(grid: OccupancyGrid, tensors: Mapping[str, torch.Tensor], where: Any) -> None:
+    """The occupancy grid from a checkpoint's ``grid.*`` task tensors."""
+    try:
+        grid.load_state_dict(subset(tensors, "grid."))
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"{where}: the occupancy grid does not match the config: {error}") from None
 
-        try:
-            self.field.load_state_dict(part("field."))
-            self.grid.load_state_dict(part("grid."))
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise ValueError(f"checkpoint {folder} does not match its config: {error}") from None
-        if "generator_state" in tensors:
-            self.generator.set_state(tensors["generator_state"])
-        if self.scene_c2w is None and "scene.c2w" in tensors:
-            self.scene_c2w = tensors["scene.c2w"]
+
+def check_model_config(config: Mapping[str, Any]) -> None:
+    """Build the model, optimizer and loss once in a unit box (about 0.1 s), so that a bad model
+    config fails before the data is loaded or the built-in scene generated."""
+    field = NerfField(torch.tensor([[0.0] * 3, [1.0] * 3]), 1, model_config(config))
+    build_optimizer(config["optimizer"], field)
+    build_loss(config["loss"])
+
+
+def build_nerf_task(config: dict[str, Any], device: torch.device, precision: str,
+                    log: Callable[[str], None] = print) -> NerfTask:
+    """Load the data named by ``config["training"]["data"]`` (generating the built-in scene if that is
+    it) with its validation frames, and build the task. Raises FileNotFoundError / ValueError on bad
+    data, ConfigError on bad settings, before any training."""
+    training = config["training"]
+    if not training.get("data"):
+        raise ValueError("no data set given to train on")
+    drop_ignored_sections(config)
+    settings = TrainSettings.from_training(training)
+    check_model_config(config)
+    path = prepare_data(str(training["data"]), log)
+    train, validation = load_training_data(path, settings, log)
+    return NerfTask(train, validation, config, device, precision)
+
+
+def train_nerf(data: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
+               config: str | Path | Mapping[str, Any] | None = None, seed: int | None = None,
+               downscale: int | None = None, val_images: int | None = None, target_samples: int | None = None,
+               holdout_every: int | None = None, progress: bool = True, device: str = "auto",
+               precision: str = "auto", resume: bool = False, force: bool = False,
+               checkpoint_every: float | None = None, eval_at=None) -> dict[str, Any]:
+    """Train a NeRF on ``data`` (a data set folder, a transforms file, or ``"builtin"``) into the run
+    folder ``out``; returns the metrics (also in ``out/metrics.json``).
+
+    Options left None take the config's ``training`` values (``ngp/configs/nerf/base.json``). A
+    resumed run (``resume=True``) keeps its settings and refuses other data or another ``downscale``.
+
+    Example:
+        >>> metrics = train_nerf("builtin", "runs/builtin", seconds=120, eval_at=[60])
+        >>> metrics["val_psnr"], metrics["evals"]
+    """
+    overrides = {"data": resolve_data(data), "seconds": seconds, "steps": steps, "seed": seed,
+                 "downscale": downscale, "val_images": val_images, "target_samples": target_samples,
+                 "holdout_every": holdout_every, "checkpoint_every": checkpoint_every, "eval_at": eval_at}
+    request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
+    log = print if progress else _silent
+    return train_run(PRIMITIVE, functools.partial(build_nerf_task, log=log), request, log=log,
+                     ignored_sections=IGNORED_KEYS)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def summary_line(metrics: Mapping[str, Any], out: Path | str) -> str:
+    """The line ``ngp nerf train`` ends with."""
+    session = metrics["session"]
+    rate = session.get("samples_per_second") or 0.0
+    v = metrics["validation"]
+    if metrics.get("val_psnr") is not None:
+        quality = f"validation PSNR {metrics['val_psnr']:.2f} dB on {v['n_rendered']} held-out frames ({v['split']})"
+    elif metrics.get("train_view_psnr") is not None:
+        quality = (f"no held-out frames: PSNR on {v['n_rendered']} training views {metrics['train_view_psnr']:.2f} dB "
+                   "(train_view_psnr, not a validation figure)")
+    else:
+        quality = "no validation figure (val_images 0)"
+    return (f"trained {session['steps']} steps in {session['seconds']:.0f} s ({rate / 1e3:.0f}k samples/s; "
+            f"{metrics['steps']} steps in all); {quality}; peak memory {metrics['peak_memory_mb']:.0f} MiB; "
+            f"wrote {out}")

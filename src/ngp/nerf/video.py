@@ -7,12 +7,18 @@ squares; the aabb centre if that is ill-posed), and the orbit keeps their mean d
 Example::
 
     >>> poses = orbit_poses(trainer.dataset.cameras.c2w, n_frames=60, aabb=trainer.field.aabb)
-    >>> write_video(renderer, poses, focal=555.6, width=400, height=400, out="orbit.mp4")
+    >>> write_video(renderer, poses, focal=555.6, width=400, height=400, out="orbit.mp4",
+    ...             background=torch.ones(3), frames_dir="orbit_frames")
+
+Videos are streamed: each frame is encoded and written as soon as it is rendered, and the depth
+pictures' grey scale is chosen before, from a low-resolution preview (:func:`depth_range`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import time
 from pathlib import Path
 
@@ -20,12 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ngp.io.files import atomic_path, prepare_output_dir
-from ngp.nerf.cameras import Cameras
+from ngp.geometry.cameras import Cameras
+from ngp.io.files import atomic_folder, atomic_path, prepare_output_dir
 from ngp.nerf.evaluation import to_uint8, write_png
 from ngp.nerf.renderer import Renderer
 
-__all__ = ["orbit_poses", "scene_center", "write_video", "depth_to_image"]
+__all__ = ["orbit_poses", "scene_center", "write_video", "depth_to_image", "depth_range", "preview_depths"]
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -107,11 +113,62 @@ def depth_to_image(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
     return to_uint8(scaled[..., None].expand(*depth.shape, 3))
 
 
-def _even(frames: list[np.ndarray]) -> list[np.ndarray]:
+#: torch.quantile refuses inputs of more than 2^24 values; quantiles of a random subsample of 2^20
+#: are within ~1e-4 (in probability) of the exact ones, plenty for a picture's grey scale.
+DEPTH_SAMPLES = 1 << 20
+
+
+def depth_range(depths: torch.Tensor, low: float = 0.01, high: float = 0.99, max_samples: int = DEPTH_SAMPLES,
+                seed: int = 0) -> tuple[float, float]:
+    """``(near, far)``: the ``low`` and ``high`` quantiles of the hit depths (``> 0``) in ``depths``
+    (any shape, any number), from a random subsample of at most ``max_samples`` of them (drawn with a
+    fixed ``seed``: the same depths give the same range). ``(0, 1)`` when nothing was hit."""
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"depth quantiles must satisfy 0 <= low <= high <= 1, got {low}, {high}")
+    if not 1 <= max_samples <= 1 << 24:
+        raise ValueError(f"max_samples must be in [1, 2^24] (torch.quantile's limit), got {max_samples}")
+    hits = depths.reshape(-1)
+    hits = hits[hits > 0]
+    if hits.numel() == 0:
+        return 0.0, 1.0
+    if hits.numel() > max_samples:
+        generator = torch.Generator().manual_seed(seed)
+        hits = hits[torch.randint(hits.numel(), (max_samples,), generator=generator).to(hits.device)]
+    near, far = torch.quantile(hits.float(), torch.tensor([low, high], device=hits.device)).tolist()
+    return near, far
+
+
+def preview_depths(renderer: Renderer, poses: torch.Tensor, focal: float, width: int, height: int,
+                   background: torch.Tensor, max_pixels: int = 4096) -> torch.Tensor:
+    """Depths ``[n, h, w]`` of ``poses [n, 3, 4]`` rendered at a reduced size of at most ``max_pixels``
+    per frame (the same field of view): enough to choose a depth range before the real frames, at
+    ``max_pixels / (width * height)`` of their cost."""
+    stride = max(1, math.ceil(math.sqrt(width * height / max_pixels)))
+    w, h = max(1, width // stride), max(1, height // stride)
+    cameras = Cameras.from_intrinsics(poses, focal * w / width, focal * h / height, w / 2, h / 2, w, h)
+    return torch.stack([renderer.render_image(cameras, i, background)["depth"] for i in range(len(poses))])
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
     """H.264 (yuv420p) needs even sizes: pad the last row/column by repetition if needed."""
-    h, w = frames[0].shape[:2]
-    pad = ((0, h % 2), (0, w % 2), (0, 0))
-    return frames if not (h % 2 or w % 2) else [np.pad(f, pad, mode="edge") for f in frames]
+    h, w = frame.shape[:2]
+    return frame if not (h % 2 or w % 2) else np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+#: What a frames folder may hold: this module's pictures, which a new render replaces.
+_FRAME_FILE = re.compile(r"(frame|depth)_\d{4,}\.png")
+
+
+def _check_frames_dir(path: Path) -> None:
+    """Refuse (before rendering) a frames folder that holds anything but frames (it gets replaced), or
+    one whose parent is not writable (its replacement is made there)."""
+    prepare_output_dir(path.parent)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"frames folder exists and is not a folder: {path}")
+    foreign = sorted(p.name for p in path.iterdir() if not _FRAME_FILE.fullmatch(p.name)) if path.exists() else []
+    if foreign:
+        raise ValueError(f"frames folder {path} holds files that are not frames ({', '.join(foreign[:3])}); "
+                         "it would be replaced: choose another folder or remove them")
 
 
 def write_video(renderer: Renderer, poses: torch.Tensor, focal: float, width: int, height: int,
@@ -120,30 +177,39 @@ def write_video(renderer: Renderer, poses: torch.Tensor, focal: float, width: in
     """Render ``poses [n, 3, 4]`` with a pinhole of ``focal`` pixels, write ``out`` (MP4, H.264) and,
     with ``frames_dir``, ``frame_XXXX.png`` and ``depth_XXXX.png`` per frame.
 
-    Returns statistics: frames, seconds, samples per second.
+    Frames are encoded as they are rendered (memory holds one frame, whatever the length). The depth
+    pictures share one grey scale, the 1%-99% depth quantiles of a low-resolution preview of every
+    pose (:func:`preview_depths`, :func:`depth_range`). Nothing is replaced unless every frame
+    rendered: ``out`` is written atomically and ``frames_dir`` is replaced as a whole, so it holds
+    exactly this render's frames.
+
+    Returns statistics: frames, size, seconds spent rendering, samples per second.
     """
     import imageio.v2 as imageio
 
     n = poses.shape[0]
     cameras = Cameras.from_intrinsics(poses, focal, focal, width / 2, height / 2, width, height)
+    frames_dir = None if frames_dir is None else Path(frames_dir)
     if frames_dir is not None:
-        frames_dir = prepare_output_dir(frames_dir)
-    colors, depths, n_samples = [], [], 0
-    start = time.perf_counter()
-    for i in tqdm(range(n), desc="rendering", unit="frame", disable=not progress, dynamic_ncols=True):
-        render = renderer.render_image(cameras, i, background)
-        colors.append(to_uint8(render["color"]))
-        depths.append(render["depth"])
-        n_samples += render["n_samples"]
-    seconds = time.perf_counter() - start
-    hit = torch.cat([d[d > 0] for d in depths])
-    near, far = (float(hit.quantile(0.01)), float(hit.quantile(0.99))) if hit.numel() else (0.0, 1.0)
-    if frames_dir is not None:
-        for i, (color, depth) in enumerate(zip(colors, depths)):
-            write_png(Path(frames_dir) / f"frame_{i:04d}.png", color)
-            write_png(Path(frames_dir) / f"depth_{i:04d}.png", depth_to_image(depth, near, far))
-    with atomic_path(out) as tmp:
-        imageio.mimwrite(tmp, _even(colors), fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                         format="FFMPEG")
+        _check_frames_dir(frames_dir)
+    near, far = depth_range(preview_depths(renderer, poses, focal, width, height, background))
+    n_samples, seconds = 0, 0.0
+    with atomic_path(out) as tmp, \
+            (atomic_folder(frames_dir) if frames_dir is not None else contextlib.nullcontext()) as folder:
+        writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1)
+        try:
+            for i in tqdm(range(n), desc="rendering", unit="frame", disable=not progress, dynamic_ncols=True):
+                start = time.perf_counter()
+                render = renderer.render_image(cameras, i, background)
+                seconds += time.perf_counter() - start
+                n_samples += render["n_samples"]
+                color = to_uint8(render["color"])
+                writer.append_data(_even(color))
+                if folder is not None:
+                    write_png(folder / f"frame_{i:04d}.png", color)
+                    write_png(folder / f"depth_{i:04d}.png", depth_to_image(render["depth"], near, far))
+        finally:
+            writer.close()
     return {"frames": n, "width": width, "height": height, "render_seconds": seconds,
-            "render_samples_per_second": n_samples / max(seconds, 1e-9), "video": str(out)}
+            "render_samples_per_second": n_samples / max(seconds, 1e-9), "video": str(out),
+            "depth_range": [near, far]}

@@ -7,7 +7,8 @@ Layout (data -> model -> training -> outputs):
   sign) and instant-ngp's training samples (4/8 on the surface, 3/8 near it, 1/8 uniform);
 * :mod:`ngp.sdf.model` — :class:`NeuralSDF`, hash encoding + MLP, points ``[N, 3]`` -> distances ``[N]``
   in the mesh's units (``unit=True``: in the unit cube), with :meth:`NeuralSDF.gradient` for normals;
-* :mod:`ngp.sdf.trainer` — :class:`SDFTrainer` and :func:`fit_sdf` (the run folder);
+* :mod:`ngp.sdf.trainer` — :class:`SDFTask` (the step the shared loop :mod:`ngp.train.loop` drives),
+  :func:`build_sdf_task` and :func:`fit_sdf` (a run folder, new or resumed);
 * :mod:`ngp.sdf.extract` — marching cubes; :mod:`ngp.sdf.render` — sphere tracing;
   :mod:`ngp.sdf.metrics` — IoU and Chamfer distance.
 
@@ -16,6 +17,9 @@ Example:
     >>> fit_sdf("armadillo.obj", "runs/armadillo", seconds=60)
     >>> sdf = NeuralSDF.from_checkpoint("runs/armadillo")
     >>> sdf(torch.tensor([[0.0, 0.0, 0.0]]))        # [1] distance in mesh units
+
+Command line: ``ngp sdf fit MESH --out RUN``, ``ngp sdf render RUN --out FILE.png``,
+``ngp sdf mesh RUN --out FILE.ply``.
 """
 
 from ngp.sdf.extract import extract_mesh
@@ -23,9 +27,9 @@ from ngp.sdf.metrics import chamfer_distance, grid_iou
 from ngp.sdf.model import NeuralSDF
 from ngp.sdf.render import render_sdf
 from ngp.sdf.sampling import MeshSDF, SampleGenerator, SamplePool
-from ngp.sdf.trainer import DEFAULT_CONFIG, SDFTrainer, fit_sdf, sdf_config
+from ngp.sdf.trainer import SDFOutputs, SDFTask, build_sdf_task, fit_sdf
 
 __all__ = [
-    "DEFAULT_CONFIG", "MeshSDF", "NeuralSDF", "SDFTrainer", "SampleGenerator", "SamplePool", "chamfer_distance",
-    "extract_mesh", "fit_sdf", "grid_iou", "render_sdf", "sdf_config",
+    "MeshSDF", "NeuralSDF", "SDFOutputs", "SDFTask", "SampleGenerator", "SamplePool", "build_sdf_task",
+    "chamfer_distance", "extract_mesh", "fit_sdf", "grid_iou", "render_sdf",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ngp.sdf.extract import evaluate_chunked, grid_shape
+from ngp.geometry.grids import evaluate_chunked, grid_shape
 from ngp.sdf.sampling import MeshSDF, SampleGenerator, SurfaceSampler
 
 

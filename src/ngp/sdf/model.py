@@ -7,7 +7,7 @@ Outside the unit cube the hash grid clamps its input, so the distance there is c
 ``sdf(clamp(p)) + |p - clamp(p)|``, which keeps sphere tracing and marching well behaved.
 
 Example:
-    >>> sdf = NeuralSDF.from_checkpoint("run/checkpoint")
+    >>> sdf = NeuralSDF.from_checkpoint("runs/armadillo")   # a run folder of `ngp sdf fit`
     >>> d = sdf(points)              # [N, 3] mesh units -> [N] mesh units, negative inside
     >>> n = sdf.gradient(points)     # [N, 3] ~unit normals (d sdf / d p) via the encoding's input gradient
 """
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ngp.config import ConfigError, otype_of
-from ngp.io.checkpoints import load_checkpoint, save_checkpoint
+from ngp.config import otype_of
+from ngp.io.checkpoints import CheckpointError, load_checkpoint
 from ngp.io.meshes import MeshNormalization
 from ngp.networks import NetworkWithInputEncoding
-from ngp.training import resolve_device
+from ngp.train.precision import resolve_device
 
 #: instant-ngp's finest hash-grid resolution over the unit cube for SDFs (``desired_resolution``),
 #: used to derive ``per_level_scale`` when a config gives neither it nor ``finest_resolution``.
@@ -102,39 +102,39 @@ class NeuralSDF(nn.Module):
         return grad
 
     # -- persistence --------------------------------------------------------------------------------
-    def checkpoint_config(self) -> dict[str, Any]:
-        return {
-            "primitive": "sdf",
-            "encoding": self.encoding_config,
-            "network": self.network_config,
-            "normalization": self.normalization.to_dict(),
-            "aabb": self.aabb.tolist(),
-        }
+    def geometry(self) -> dict[str, Any]:
+        """What the weights do not hold (JSON): ``{"normalization": {...}, "aabb": [[3], [3]]}``. A run
+        keeps it in its checkpoint's task state, beside the config the model is built from."""
+        return {"normalization": self.normalization.to_dict(), "aabb": self.aabb.tolist()}
 
-    def save(self, folder: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``folder/model.safetensors`` + ``folder/config.json`` (weights as they are now)."""
-        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
-        return save_checkpoint(folder, tensors, {**self.checkpoint_config(), **(extra or {})})
+    @classmethod
+    def build(cls, config: Mapping[str, Any], geometry: Mapping[str, Any] | None = None) -> "NeuralSDF":
+        """A model from a run's config (its ``encoding`` and ``network``) and :meth:`geometry`'s JSON."""
+        geometry = geometry or {}
+        normalization = geometry.get("normalization")
+        return cls(config["encoding"], config["network"],
+                   MeshNormalization.from_dict(normalization) if normalization is not None else None,
+                   np.asarray(geometry["aabb"]) if geometry.get("aabb") is not None else None)
 
-    @staticmethod
-    def from_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> "NeuralSDF":
-        """Rebuild a :class:`NeuralSDF` on ``device`` from a checkpoint folder (or a run folder holding
-        ``checkpoint/``)."""
-        folder = Path(folder)
-        if (folder / "checkpoint").is_dir():
-            folder = folder / "checkpoint"
-        tensors, config = load_checkpoint(folder)
-        if config.get("primitive") != "sdf":
-            raise ConfigError(f"checkpoint {folder} is not an SDF checkpoint (primitive={config.get('primitive')!r})")
-        model = NeuralSDF(
-            config["encoding"], config["network"], MeshNormalization.from_dict(config["normalization"]),
-            np.asarray(config["aabb"]),
-        )
-        state = {k[len("field."):]: v for k, v in tensors.items() if k.startswith("field.")}
+    @classmethod
+    def from_checkpoint(cls, run: str | Path, device: str | torch.device = "cpu") -> "NeuralSDF":
+        """The trained SDF of an ``ngp sdf fit`` run (its folder, or its ``checkpoint/`` folder) on
+        ``device``, in eval mode, with the EMA-averaged weights that training's outputs use.
+
+        Raises FileNotFoundError (no such run) or :class:`~ngp.io.checkpoints.CheckpointError` (not an
+        SDF checkpoint, another format version, weights that do not fit the config).
+        """
+        from ngp.train.loop import load_trained_model
+
+        tensors, meta = load_checkpoint(run, primitive="sdf")
+        geometry = meta.get("task", {}).get("geometry")
+        if not isinstance(geometry, Mapping) or not {"normalization", "aabb"} <= set(geometry):
+            raise CheckpointError(f"{run}: the SDF checkpoint does not record its normalisation and box")
         try:
-            model.field.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"checkpoint {folder} does not match its config: {error}") from None
+            model = cls.build(meta["config"], geometry)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{run}: the SDF checkpoint's config or geometry is unusable: {error}") from None
+        load_trained_model(model, tensors, meta, run)
         return model.to(resolve_device(device)).eval()
 
 

@@ -3,7 +3,7 @@
 Rays start where they enter the model's bounding box and advance by ``step_scale`` times the
 predicted distance (a learned SDF can overestimate a little, so we step 90% of it), until the distance
 falls below ``epsilon`` (a hit) or the ray leaves the box. Only live rays are evaluated each step, in
-chunks of :data:`~ngp.sdf.extract.CHUNK`. Shading is a clay-coloured Lambertian with a key, a fill
+chunks of :data:`~ngp.geometry.grids.CHUNK`. Shading is a clay-coloured Lambertian with a key, a fill
 and a rim light, or the normals themselves as colours (``mode="normals"``).
 
 Normals: by default central differences with instant-ngp's ``fd_normals_epsilon = 5e-4`` (unit cube),
@@ -12,8 +12,10 @@ grid (:meth:`NeuralSDF.gradient`) instead. After a minute of CPU training the fi
 still noisy and the exact gradient shows that noise as speckle over the whole surface, while a
 difference over 5e-4 (one finest cell) averages it away and keeps the scan's detail.
 
-The orbit camera looks at the box's centre with ``y`` up: ``azimuth`` turns about ``y`` (0 looks from
-``+z`` towards ``-z``), ``elevation`` lifts the camera.
+The camera is :func:`ngp.geometry.cameras.orbit_camera`'s (a :class:`~ngp.geometry.cameras.Cameras` of
+one view; rays from :func:`~ngp.geometry.cameras.generate_rays`): it looks at the box's centre with ``y``
+up, ``azimuth`` turns about ``y`` (0 looks from ``+z`` towards ``-z``), ``elevation`` lifts the camera.
+Rays are clipped to the box by :func:`ngp.geometry.rays.ray_aabb_intersect`.
 
 Example:
     >>> image = render_sdf(sdf, width=512, height=512, azimuth=30, elevation=15)   # [H, W, 3] uint8
@@ -22,78 +24,33 @@ Example:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ngp.geometry.cameras import Cameras, generate_rays, orbit_camera, pixel_centers
+from ngp.geometry.grids import CHUNK, evaluate_chunked
+from ngp.geometry.rays import ray_aabb_intersect
 from ngp.io.files import atomic_path, check_writable_file
-from ngp.sdf.extract import CHUNK, evaluate_chunked
 
 RENDER_MODES = ("shaded", "normals")
 BACKGROUND = np.array([1.0, 1.0, 1.0])
 CLAY = np.array([0.82, 0.74, 0.64])
 
 
-@dataclass(frozen=True)
-class Camera:
-    """A pinhole camera: ``position`` [3], orthonormal ``right``/``up``/``forward`` [3], ``focal`` in pixels."""
-
-    position: np.ndarray
-    right: np.ndarray
-    up: np.ndarray
-    forward: np.ndarray
-    focal: float
-    width: int
-    height: int
-
-    @staticmethod
-    def orbit(box: np.ndarray, width: int, height: int, azimuth: float = 0.0, elevation: float = 0.0,
-              fov_degrees: float = 35.0, margin: float = 1.05, points: np.ndarray | None = None) -> "Camera":
-        """Look at the centre of ``box`` ``[2, 3]`` from the given angles (degrees), just far enough
-        that its eight corners (or ``points`` ``[K, 3]``, if given) fit in the image with ``margin`` of
-        slack; ``fov_degrees`` spans the smaller image side."""
-        if width < 1 or height < 1:
-            raise ValueError(f"image size must be positive, got {width}x{height}")
-        box = np.asarray(box, dtype=np.float64)
-        az, el = math.radians(azimuth), math.radians(elevation)
-        direction = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
-        forward = -direction
-        world_up = np.array([0.0, 1.0, 0.0]) if abs(direction[1]) < 0.999 else np.array([0.0, 0.0, -1.0])
-        right = np.cross(forward, world_up)
-        right /= np.linalg.norm(right)
-        up = np.cross(right, forward)
-        focal = 0.5 * min(width, height) / math.tan(math.radians(fov_degrees) / 2)
-        centre = box.mean(0)
-        if points is None:
-            points = np.array([[box[i, 0], box[j, 1], box[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-        corners = np.asarray(points, dtype=np.float64) - centre
-        # distance so that every corner projects inside the image: |c.right| f / (D - c.dir) <= W / 2, etc.
-        depth = corners @ direction
-        need = np.maximum(np.abs(corners @ right) * focal / (0.5 * width), np.abs(corners @ up) * focal / (0.5 * height))
-        distance = float(np.max(need * margin + depth))
-        return Camera(centre + distance * direction, right, up, forward, focal, width, height)
-
-    def rays(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(origins [H*W, 3], unit directions [H*W, 3])``, row by row from the top-left pixel."""
-        j, i = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
-        x = (j - self.width / 2) / self.focal
-        y = -(i - self.height / 2) / self.focal
-        d = x[..., None] * self.right + y[..., None] * self.up + self.forward
-        d /= np.linalg.norm(d, axis=-1, keepdims=True)
-        origins = np.broadcast_to(self.position, d.shape)
-        return torch.tensor(origins.reshape(-1, 3), dtype=torch.float32), torch.tensor(d.reshape(-1, 3), dtype=torch.float32)
+def camera_axes(camera: Cameras) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(right, up, forward)`` [3] float64 each of a one-view camera (OpenGL axes: forward is ``-z``)."""
+    rotation = camera.c2w[0, :, :3].double().cpu().numpy()
+    return rotation[:, 0], rotation[:, 1], -rotation[:, 2]
 
 
-def ray_box(origins: torch.Tensor, directions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
-    """Slab test: ``(t_near [N], t_far [N])``; a ray misses where ``t_near > t_far``."""
-    inv = 1.0 / torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-    t0, t1 = (lo - origins) * inv, (hi - origins) * inv
-    t_near = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)
-    t_far = torch.maximum(t0, t1).amin(-1)
-    return t_near, t_far
+def camera_rays(camera: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(origins [H*W, 3], unit directions [H*W, 3])`` float32 through every pixel of a one-view camera,
+    row by row from the top-left pixel."""
+    pixels = pixel_centers(int(camera.width[0]), int(camera.height[0]), camera.c2w.dtype)
+    origins, directions = generate_rays(camera, torch.zeros(len(pixels), dtype=torch.long), pixels)
+    return origins.float(), directions.float()
 
 
 @torch.no_grad()
@@ -108,9 +65,8 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, max_steps
     for hundreds of tiny steps. Rays still alive after ``max_steps`` hit if within 4 times that tolerance. Hits then
     take ``refine`` full steps more, onto the surface, where the normals are evaluated.
     """
-    lo, hi = sdf.aabb[0].cpu(), sdf.aabb[1].cpu()
-    t, t_far = ray_box(origins, directions, lo, hi)
-    alive = torch.nonzero(t <= t_far).squeeze(1)
+    t, t_far, inside = ray_aabb_intersect(origins, directions, sdf.aabb.cpu())
+    alive = torch.nonzero(inside).squeeze(1)
     hit = torch.zeros(len(origins), dtype=torch.bool)
     for step in range(max_steps):
         if not len(alive):
@@ -136,15 +92,16 @@ def sphere_trace(sdf, origins: torch.Tensor, directions: torch.Tensor, max_steps
 LIGHTS = (((-0.4, 0.6, 0.7), 0.85), ((0.7, 0.1, 0.6), 0.30), ((0.0, 0.5, -0.8), 0.35))
 
 
-def shade(normals: np.ndarray, directions: np.ndarray, camera: Camera, mode: str = "shaded") -> np.ndarray:
-    """``[N, 3]`` unit normals and view directions -> ``[N, 3]`` colours in ``[0, 1]``."""
+def shade(normals: np.ndarray, directions: np.ndarray, camera: Cameras, mode: str = "shaded") -> np.ndarray:
+    """``[N, 3]`` unit normals and view directions, one-view ``camera`` -> ``[N, 3]`` colours in ``[0, 1]``."""
     if mode == "normals":
         return 0.5 * normals + 0.5
+    right, up, forward = camera_axes(camera)
     normals = np.where((normals * directions).sum(-1, keepdims=True) > 0, -normals, normals)  # face the eye
     view = -directions
-    colour = 0.12 * CLAY * (0.6 + 0.4 * (normals @ camera.up)[:, None])  # ambient, lighter from above
+    colour = 0.12 * CLAY * (0.6 + 0.4 * (normals @ up)[:, None])  # ambient, lighter from above
     for (x, y, z), intensity in LIGHTS:
-        light = x * camera.right + y * camera.up - z * camera.forward
+        light = x * right + y * up - z * forward
         light = light / np.linalg.norm(light)
         lambert = np.clip(normals @ light, 0.0, None)[:, None]
         half = view + light
@@ -182,19 +139,20 @@ def surface_normals(sdf, points: torch.Tensor, normals: str = "finite_difference
 
 
 def framing_camera(sdf, width: int, height: int, azimuth: float, elevation: float, fov_degrees: float,
-                   preview: int = 64) -> Camera:
-    """A camera that frames the *visible surface*, found by a ``preview``-pixel pass: the model's box
-    is often much larger on screen than the shape in it. Falls back to framing the box."""
+                   preview: int = 64) -> Cameras:
+    """A one-view camera (:func:`~ngp.geometry.cameras.orbit_camera`) that frames the *visible surface*,
+    found by a ``preview``-pixel pass: the model's box is often much larger on screen than the shape in
+    it. Falls back to framing the box."""
     box = sdf.aabb.cpu().numpy().astype(np.float64)
-    camera = Camera.orbit(box, preview, preview, azimuth, elevation, fov_degrees)
-    origins, directions = camera.rays()
-    hit, positions = sphere_trace(sdf, origins, directions, pixel_radius=PIXEL_FRACTION / camera.focal)
+    camera = orbit_camera(box, preview, preview, azimuth, elevation, fov_degrees)
+    origins, directions = camera_rays(camera)
+    hit, positions = sphere_trace(sdf, origins, directions, pixel_radius=PIXEL_FRACTION / float(camera.fx[0]))
     if hit.sum() < 4:
-        return Camera.orbit(box, width, height, azimuth, elevation, fov_degrees)
+        return orbit_camera(box, width, height, azimuth, elevation, fov_degrees)
     seen = positions[hit].numpy().astype(np.float64)
     pad = 1.5 * (box[1] - box[0]).max() / preview  # a preview pixel may miss a thin edge
     seen_box = np.stack([seen.min(0) - pad, seen.max(0) + pad])
-    return Camera.orbit(seen_box, width, height, azimuth, elevation, fov_degrees, margin=1.1, points=seen)
+    return orbit_camera(seen_box, width, height, azimuth, elevation, fov_degrees, margin=1.1, points=seen)
 
 
 def render_sdf(sdf, width: int = 512, height: int = 512, azimuth: float = 30.0, elevation: float = 15.0,
@@ -205,8 +163,8 @@ def render_sdf(sdf, width: int = 512, height: int = 512, azimuth: float = 30.0, 
     if normals not in NORMALS:
         raise ValueError(f"normals {normals!r} is not supported; expected one of {NORMALS}")
     camera = framing_camera(sdf, width, height, azimuth, elevation, fov_degrees)
-    origins, directions = camera.rays()
-    hit, positions = sphere_trace(sdf, origins, directions, pixel_radius=PIXEL_FRACTION / camera.focal)
+    origins, directions = camera_rays(camera)
+    hit, positions = sphere_trace(sdf, origins, directions, pixel_radius=PIXEL_FRACTION / float(camera.fx[0]))
     image = np.tile(BACKGROUND, (width * height, 1))
     index = torch.nonzero(hit).squeeze(1)
     if len(index):
@@ -228,6 +186,6 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 __all__ = [
-    "Camera", "FD_NORMALS_EPSILON", "LIGHTS", "NORMALS", "RENDER_MODES", "ray_box", "render_sdf", "shade", "sphere_trace",
-    "surface_normals", "framing_camera", "write_png",
+    "FD_NORMALS_EPSILON", "LIGHTS", "NORMALS", "RENDER_MODES", "camera_axes", "camera_rays", "framing_camera",
+    "render_sdf", "shade", "sphere_trace", "surface_normals", "write_png",
 ]

@@ -176,18 +176,40 @@ class SamplePool:
     sees ever new points while ground truth costs only ``refresh`` evaluations per step.
     """
 
-    def __init__(self, generator: SampleGenerator, size: int, refresh: int):
+    def __init__(self, generator: SampleGenerator, size: int, refresh: int, fill: bool = True):
         if size < 8:
             raise ValueError(f"sample pool size must be at least 8, got {size}")
         self.generator = generator
         self.n_near = size * 3 // 4
         self.n_uniform = size - self.n_near
         self.refresh = max(0, min(refresh, size))
-        near = generator.near_points(self.n_near)
-        uniform = generator.uniform_points(self.n_uniform)
-        self.points = np.concatenate([near, uniform]).astype(np.float32)
-        self.distances = generator.gt(np.concatenate([near, uniform])).astype(np.float32)
         self._next_near, self._next_uniform = 0, 0
+        self.points = np.zeros((size, 3), np.float32)
+        self.distances = np.zeros(size, np.float32)
+        if fill:
+            near = generator.near_points(self.n_near)
+            uniform = generator.uniform_points(self.n_uniform)
+            self.points[:] = np.concatenate([near, uniform])
+            self.distances[:] = generator.gt(np.concatenate([near, uniform]))
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+        """The pool's contents ``{"points": [size, 3], "distances": [size]}`` (float32) and its cursors
+        (JSON): with the generator's RNG state, what continues the same sequence of batches."""
+        tensors = {"points": torch.from_numpy(self.points.copy()), "distances": torch.from_numpy(self.distances.copy())}
+        return tensors, {"next_near": self._next_near, "next_uniform": self._next_uniform}
+
+    @classmethod
+    def from_state(cls, generator: SampleGenerator, refresh: int, tensors, cursors) -> "SamplePool":
+        """A pool as :meth:`state` saved it (no ground truth is computed)."""
+        points = np.ascontiguousarray(tensors["points"].numpy(), np.float32)
+        distances = np.ascontiguousarray(tensors["distances"].numpy(), np.float32)
+        if points.ndim != 2 or points.shape[1] != 3 or distances.shape != (len(points),):
+            raise ValueError(f"saved sample pool has shapes {list(points.shape)} and {list(distances.shape)}; "
+                             "expected [N, 3] and [N]")
+        pool = cls(generator, len(points), refresh, fill=False)
+        pool.points[:], pool.distances[:] = points, distances
+        pool._next_near, pool._next_uniform = int(cursors["next_near"]), int(cursors["next_uniform"])
+        return pool
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``[n, 3]`` float32 points and ``[n]`` distances; surface points first, then near, then uniform."""

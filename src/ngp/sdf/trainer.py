@@ -1,308 +1,295 @@
-"""Training a :class:`~ngp.sdf.model.NeuralSDF` on a mesh, and the ``fit`` pipeline that writes a run folder.
+"""Learning a signed distance function from a mesh: instant-ngp's SDF task, as a :class:`~ngp.train.loop.Task`.
 
-A config has instant-ngp's top-level keys ``loss``, ``optimizer``, ``encoding``, ``network`` (each used
-as given, so instant-ngp's ``configs/sdf/*.json`` load unchanged) plus an optional ``training`` section
-of ours (batch size, sample pool), merged over :data:`TRAINING_DEFAULTS`. Missing top-level keys
-come from :data:`DEFAULT_CONFIG` (identical to the repository's ``configs/sdf/base.json``).
+The config is ``ngp/configs/sdf/base.json`` (instant-ngp's ``configs/sdf/base.json`` plus a
+``training`` section) deep-merged with the user's; instant-ngp's own ``configs/sdf/*.json`` load as
+they are and get the training defaults. ``training`` holds the loop's keys and the SDF's own:
+
+``batch_size``          samples per step (4/8 on the surface, 3/8 near it, 1/8 uniform in the box)
+``pool_size``           off-surface samples with precomputed ground truth (:class:`~ngp.sdf.sampling.SamplePool`)
+``pool_refresh``        pool entries recomputed each step
+``surface_offset_scale`` instant-ngp's scale of the near-surface noise
+
+Each step draws a batch from the pool (filled in the run's first step, so a time budget includes
+filling it, as instant-ngp's includes its training-set generation) and returns the configured loss
+(MAPE by default); the shared loop (:mod:`ngp.train.loop`) does the rest. At the end the averaged
+model is measured and the run folder receives, besides the loop's ``checkpoint/``, ``metrics.json``
+and ``training.png``::
+
+    mesh.ply     marching cubes of the learned SDF, in the input mesh's units
+    render.png   the learned surface, sphere-traced
+
+Resume is exact: the checkpoint keeps the sample pool (points and distances, 4 MB at the default
+2^18), its cursors and the sampler's NumPy RNG state (``rng.bit_generator.state``, JSON), beside the
+model, optimizer and torch RNG the loop keeps; a resumed run draws the same batches as an uninterrupted
+one and, on the CPU, computes the same losses bit for bit. A changed mesh (path, vertex or face count,
+content hash) is refused.
 
 Example:
-    >>> trainer = SDFTrainer(load_mesh("armadillo.obj"), DEFAULT_CONFIG, seed=0)
-    >>> trainer.train(seconds=60)
-    >>> with trainer.optimizer.averaged_weights():
-    ...     vertices, faces = extract_mesh(trainer.model, 256)
+    >>> metrics = fit_sdf("armadillo.obj", "runs/armadillo", seconds=60)
+    >>> metrics["iou_grid"], metrics["chamfer_mesh_units"], metrics["steps"]
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import functools
+import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ngp.config import ConfigError, load_config, require_float, require_int, with_defaults
-from ngp.io.files import atomic_path, prepare_output_dir
+from ngp.config import require_float, require_int
+from ngp.io.checkpoints import subset
 from ngp.io.meshes import Mesh, load_mesh, normalize_mesh, save_mesh
+from ngp.io.runs import RunFolder
 from ngp.losses import build_loss
 from ngp.optim import build_optimizer
 from ngp.sdf.extract import extract_mesh
-from ngp.sdf.metrics import chamfer_distance, grid_iou, near_surface_agreement
+from ngp.sdf.metrics import cell_centres, chamfer_distance, grid_iou, iou, model_inside, near_surface_agreement
 from ngp.sdf.model import NeuralSDF
 from ngp.sdf.render import render_sdf, write_png
 from ngp.sdf.sampling import MeshSDF, SampleGenerator, SamplePool, mesh_aabb
-from ngp.training import MixedPrecision, resolve_device
+from ngp.train.loop import Batch, LoopState
+from ngp.train.precision import MixedPrecision
+from ngp.train.session import TrainRequest, train_run
 
-#: Our additions to instant-ngp's config, under the key ``"training"``.
-TRAINING_DEFAULTS = {
-    # instant-ngp: 2^18 per step on a GPU. On 2 CPU cores 2^14..2^17 reach about the same IoU in 30 s
-    # and 60 s (armadillo, within run-to-run noise); 2^16 was marginally best.
-    "batch_size": 2**16,
-    # Off-surface samples with precomputed ground truth (instant-ngp computes them per batch on the
-    # GPU); 2^18 fills in 1-3 s and measured a little better at 30 s than 2^17 and 2^19.
-    "pool_size": 2**18,
-    "pool_refresh": 2**12,  # pool entries recomputed per step: ~10% of a step's time
-    "surface_offset_scale": 1.0,  # instant-ngp's surface_offset_scale: noise std = sqrt(3)/2 / 1024 * this
-}
-
-#: The default config: instant-ngp's ``configs/sdf/base.json`` as it is (its learning rate of 1e-4
-#: also measured best for a few hundred CPU steps), plus our ``training`` section.
-DEFAULT_CONFIG: dict[str, Any] = {
-    "loss": {"otype": "MAPE"},
-    "optimizer": {
-        "otype": "Ema",
-        "decay": 0.95,
-        "nested": {
-            "otype": "ExponentialDecay",
-            "decay_start": 10000,
-            "decay_interval": 5000,
-            "decay_base": 0.33,
-            "nested": {
-                "otype": "Adam", "learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6,
-            },
-        },
-    },
-    "encoding": {
-        "otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19, "base_resolution": 16,
-    },
-    "network": {
-        "otype": "FullyFusedMLP", "activation": "ReLU", "output_activation": "None", "n_neurons": 64, "n_hidden_layers": 2,
-    },
-    "training": dict(TRAINING_DEFAULTS),
-}
-
-TOP_LEVEL_KEYS = ("loss", "optimizer", "encoding", "network", "training")
+PRIMITIVE = "sdf"
+#: The mid-training evaluation (``--eval-at``): IoU on a grid this coarse, sign accuracy on this many
+#: near-surface samples; a second or so on two cores, where the final 128^3 IoU and Chamfer take ~10 s.
+EVAL_IOU_RESOLUTION = 64
+EVAL_NEAR_SAMPLES = 2**15
 
 
-def sdf_config(source: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A complete SDF config from a file, a dict or ``None`` (the default); unknown keys raise ConfigError."""
-    config = load_config(source) if source is not None else {}
-    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ConfigError(f"SDF config: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(TOP_LEVEL_KEYS)}")
-    merged = copy.deepcopy(DEFAULT_CONFIG)
-    for key in ("loss", "optimizer", "encoding", "network"):
-        if key in config:
-            merged[key] = copy.deepcopy(config[key])
-    training = with_defaults(config.get("training", {}), TRAINING_DEFAULTS, "SDF config 'training'")
-    what = "SDF config 'training'"
-    merged["training"] = {
-        "batch_size": require_int(training["batch_size"], "batch_size", what, 8),
-        "pool_size": require_int(training["pool_size"], "pool_size", what, 8),
-        "pool_refresh": require_int(training["pool_refresh"], "pool_refresh", what, 0),
-        "surface_offset_scale": require_float(training["surface_offset_scale"], "surface_offset_scale", what, 1e-6),
-    }
-    return merged
+@dataclass(frozen=True)
+class SDFOutputs:
+    """What the end of a run writes and measures (options of the command, not of the training: they
+    may differ when a run is resumed).
 
-
-class SDFTrainer:
-    """Everything needed to train one SDF: normalised mesh, ground truth, samples, model, optimiser.
-
-    Building it validates the whole config (unknown keys, bad values) and the mesh, but computes no
-    ground truth yet; :meth:`prepare` (called by :meth:`train`) fills the sample pool.
-
-    The model trains on ``device`` (``auto``: CUDA when available) in ``precision`` (see
-    :class:`ngp.training.MixedPrecision`); ground truth and the sample pool stay on the CPU (libigl),
-    each batch is copied over.
+    Attributes:
+        resolution: marching-cubes grid (longest side) for ``mesh.ply`` and the Chamfer distance.
+        iou_resolution: grid (longest side) of the IoU in ``metrics.json``.
+        render_size: ``(width, height)`` of ``render.png``.
+        chamfer_samples: surface points sampled on each mesh for the Chamfer distance.
     """
 
-    def __init__(self, mesh: Mesh, config: Mapping[str, Any] | None = None, seed: int = 0,
-                 device: str | torch.device = "auto", precision: str = "auto"):
-        self.device = resolve_device(device)
-        self.amp = MixedPrecision(self.device, precision)
-        self.config = sdf_config(config)
+    resolution: int = 256
+    iou_resolution: int = 128
+    render_size: tuple[int, int] = (512, 512)
+    chamfer_samples: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("mesh resolution", self.resolution, 8),
+                                 ("IoU grid resolution", self.iou_resolution, 2),
+                                 ("render width", self.render_size[0], 1), ("render height", self.render_size[1], 1),
+                                 ("Chamfer samples", self.chamfer_samples, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer of at least {low}, got {value!r}")
+
+
+class SDFTask:
+    """One mesh being learned (see the module doc). Built by :func:`build_sdf_task`.
+
+    Ground truth and the sample pool stay on the CPU (libigl); each batch is copied to the model's device.
+    """
+
+    primitive = PRIMITIVE
+
+    def __init__(self, mesh: Mesh, source: str, config: dict[str, Any], device: torch.device, precision: str,
+                 outputs: SDFOutputs = SDFOutputs()):
+        training = check_training(config["training"])
+        self.config, self.outputs, self.mesh, self.source = config, outputs, mesh, source
+        self.batch_size, self.seed = training["batch_size"], training["seed"]
         unit_mesh, normalization = normalize_mesh(mesh)
-        self.mesh, self.unit_mesh = mesh, unit_mesh
         self.aabb = mesh_aabb(unit_mesh.vertices)
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
-        self.model = NeuralSDF(self.config["encoding"], self.config["network"], normalization, self.aabb).to(self.device)
-        self.loss_fn = build_loss(self.config["loss"])
-        self.optimizer = build_optimizer(self.config["optimizer"], self.model)
+        self.amp = MixedPrecision(device, precision)
+        self.model = NeuralSDF(config["encoding"], config["network"], normalization, self.aabb).to(device)
+        self.loss_fn = build_loss(config["loss"])
+        self.optimizer = build_optimizer(config["optimizer"], self.model)
         self.gt = MeshSDF(unit_mesh.vertices, unit_mesh.faces)
-        training = self.config["training"]
+        self.rng = np.random.default_rng(self.seed)
         self.generator = SampleGenerator(self.gt, self.aabb, self.rng, training["surface_offset_scale"])
         self.pool: SamplePool | None = None
-        self.history: list[tuple[int, float, float]] = []  # (step, loss, seconds since start)
         self.seconds_pool = 0.0
-        self.seconds_training = 0.0
+        self._eval_set: dict[str, np.ndarray] | None = None
 
-    @property
-    def n_steps(self) -> int:
-        return self.optimizer.n_steps
-
-    def prepare(self) -> None:
-        """Compute the initial pool of off-surface samples with ground truth (once)."""
+    # -- the step -----------------------------------------------------------------------------------
+    def fill_pool(self) -> None:
+        """Compute the pool of off-surface samples with ground truth (once per run; a resumed run
+        brings its pool from the checkpoint)."""
         if self.pool is None:
             start = time.perf_counter()
             training = self.config["training"]
             self.pool = SamplePool(self.generator, training["pool_size"], training["pool_refresh"])
             self.seconds_pool = time.perf_counter() - start
 
-    def step(self) -> float:
-        """One optimisation step on a fresh batch; returns the loss."""
-        self.prepare()
-        points, distances = self.pool.batch(self.config["training"]["batch_size"])
-        points, distances = points.to(self.device, non_blocking=True), distances.to(self.device, non_blocking=True)
-        with self.amp.autocast():
-            predicted = self.model.unit_sdf(points)  # float32: unit_sdf casts the MLP's output
-        loss = self.loss_fn(predicted, distances)
-        self.optimizer.zero_grad()
-        self.amp.backward_and_step(loss, self.optimizer)
-        return loss.item()
+    def training_batch(self, step: int) -> Batch:
+        self.fill_pool()
+        points, distances = self.pool.batch(self.batch_size)
+        device = self.amp.device
+        points, distances = points.to(device, non_blocking=True), distances.to(device, non_blocking=True)
+        predicted = self.model.unit_sdf(points)  # float32: unit_sdf casts the MLP's output
+        return Batch(self.loss_fn(predicted, distances), self.batch_size)
 
-    def train(self, steps: int | None = None, seconds: float | None = None, progress: bool = True) -> None:
-        """Train until ``steps`` more steps or ``seconds`` (pool filling included) pass, whichever is first."""
-        if steps is None and seconds is None:
-            raise ValueError("give a number of steps or seconds to train for")
-        if steps is not None and steps < 0 or seconds is not None and seconds < 0:
-            raise ValueError(f"steps and seconds must not be negative, got steps={steps}, seconds={seconds}")
+    def after_step(self, batch: Batch, applied: bool) -> dict[str, float]:
+        return {}  # the loss is the figure: IoU needs the ground truth of a grid, too slow per step
+
+    def evaluate(self) -> dict[str, float]:
+        """IoU on a coarse grid and sign accuracy near the surface, on points fixed for the run (so that
+        evaluations compare), drawn from their own RNG (so that evaluating does not change training)."""
+        points = self.eval_set()
+        grid = iou(model_inside(self.model, points["grid"]), points["grid_inside"])
+        near = model_inside(self.model, points["near"])
+        return {f"iou_grid_{EVAL_IOU_RESOLUTION}": round(grid, 5),
+                "sign_accuracy_near_surface": round(float((near == points["near_inside"]).mean()), 5)}
+
+    def eval_set(self) -> dict[str, np.ndarray]:
+        if self._eval_set is None:
+            grid = cell_centres(self.aabb[0], self.aabb[1], EVAL_IOU_RESOLUTION)
+            sampler = SampleGenerator(self.gt, self.aabb, np.random.default_rng(self.seed + 1))
+            near = sampler.near_points(EVAL_NEAR_SAMPLES)
+            self._eval_set = {"grid": grid, "grid_inside": self.gt.inside(grid), "near": near,
+                              "near_inside": self.gt.inside(near)}
+        return self._eval_set
+
+    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+        metrics, vertices, faces = evaluate(self.model, self.gt, self.outputs, self.seed)
+        save_mesh(run.file("mesh.ply"), vertices, faces)
         start = time.perf_counter()
-        bar = tqdm(total=steps if steps is not None else seconds, disable=not progress, dynamic_ncols=True, mininterval=0.5,
-                   unit="step" if steps is not None else "s", desc="fit sdf",
-                   bar_format=None if steps is not None else "{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
-        self.prepare()
-        done = 0
-        while (steps is None or done < steps) and (seconds is None or time.perf_counter() - start < seconds):
-            loss = self.step()
-            done += 1
-            elapsed = time.perf_counter() - start
-            self.history.append((self.n_steps, loss, self.seconds_training + elapsed))
-            bar.update(1 if steps is not None else min(elapsed, seconds) - bar.n)
-            if done % 10 == 0 or done == 1:
-                bar.set_postfix(step=self.n_steps, loss=f"{loss:.4f}", refresh=False)
-        bar.close()
-        self.seconds_training += time.perf_counter() - start
+        write_png(run.file("render.png"), render_sdf(self.model, *self.outputs.render_size))
+        losses = [v for v in state.history["loss"][-10:] if v is not None]
+        training = self.config["training"]
+        return {**metrics, "seconds_render": round(time.perf_counter() - start, 3),
+                "seconds_ground_truth_pool": round(self.seconds_pool, 3),
+                "final_loss": float(np.mean(losses)) if losses else None, "batch_size": self.batch_size,
+                "pool_size": training["pool_size"], "n_params": sum(p.numel() for p in self.model.parameters())}
+
+    # -- state --------------------------------------------------------------------------------------
+    def data_identity(self) -> dict[str, Any]:
+        return {"source": self.source, "vertices": int(len(self.mesh.vertices)), "faces": int(len(self.mesh.faces)),
+                "sha1": mesh_fingerprint(self.mesh)}
+
+    def extra_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        meta = {"rng": self.rng.bit_generator.state, "geometry": self.model.geometry(),
+                "seconds_ground_truth_pool": self.seconds_pool}
+        tensors: dict[str, torch.Tensor] = {}
+        if self.pool is not None:  # None only if stopped before the first step
+            pool_tensors, meta["pool"] = self.pool.state()
+            tensors.update({f"pool.{k}": v for k, v in pool_tensors.items()})
+        return tensors, meta
+
+    def load_extra_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        if "rng" in meta:  # in place: the sample generator holds this Generator
+            self.rng.bit_generator.state = meta["rng"]
+        self.seconds_pool = float(meta.get("seconds_ground_truth_pool", 0.0))
+        if "pool" in meta:
+            self.pool = SamplePool.from_state(self.generator, self.config["training"]["pool_refresh"],
+                                              subset(tensors, "pool."), meta["pool"])
 
 
-@dataclass
-class FitResult:
-    """What :func:`fit_sdf` wrote and measured."""
+def check_training(training: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Check the SDF's own ``training`` keys (the loop checks its own); raises ConfigError naming the key."""
+    what = "sdf config 'training'"
+    require_int(training["batch_size"], "batch_size", what, 8)
+    require_int(training["pool_size"], "pool_size", what, 8)
+    require_int(training["pool_refresh"], "pool_refresh", what, 0)
+    require_float(training["surface_offset_scale"], "surface_offset_scale", what, 1e-6)
+    return training
 
-    out: Path
-    metrics: dict[str, Any]
-    files: list[Path] = field(default_factory=list)
+
+def build_sdf_task(config: dict[str, Any], device: torch.device, precision: str,
+                   outputs: SDFOutputs = SDFOutputs()) -> SDFTask:
+    """Check the config, read the mesh named by ``config["training"]["data"]`` and build the task."""
+    training = check_training(config["training"])
+    if not training.get("data"):
+        raise ValueError("no mesh given to fit")
+    return SDFTask(load_mesh(training["data"]), str(training["data"]), config, device, precision, outputs)
 
 
-def evaluate(trainer: SDFTrainer, resolution: int = 256, iou_resolution: int = 128, chamfer_samples: int = 100_000,
+def fit_sdf(mesh: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
+            config: str | Path | Mapping[str, Any] | None = None, seed: int | None = None, progress: bool = True,
+            device: str = "auto", precision: str = "auto", resume: bool = False, force: bool = False,
+            checkpoint_every: float | None = None, eval_at=None, batch_size: int | None = None,
+            outputs: SDFOutputs = SDFOutputs()) -> dict[str, Any]:
+    """Learn the SDF of ``mesh`` (OBJ, PLY, STL, OFF, glTF/GLB) into the run folder ``out``; returns the
+    metrics. Every input is checked (run folder, outputs, config, mesh) before training starts.
+
+    Example:
+        >>> metrics = fit_sdf("armadillo.obj", "runs/armadillo", seconds=60, outputs=SDFOutputs(resolution=512))
+    """
+    overrides = {"data": mesh_path(mesh), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
+                 "checkpoint_every": checkpoint_every, "eval_at": eval_at}
+    request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
+    return train_run(PRIMITIVE, functools.partial(build_sdf_task, outputs=outputs), request,
+                     log=print if progress else _silent)
+
+
+def mesh_path(source: str | Path) -> str:
+    """A mesh as the run records it: by absolute path, so that a resume from elsewhere finds it."""
+    return str(Path(source).resolve())
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def mesh_fingerprint(mesh: Mesh) -> str:
+    """SHA-1 of the vertex (float64) and face (int64) arrays: tells a changed mesh from the one trained on."""
+    digest = hashlib.sha1(np.ascontiguousarray(mesh.vertices, np.float64).tobytes())
+    digest.update(np.ascontiguousarray(mesh.faces, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def evaluate(model: NeuralSDF, gt: MeshSDF, outputs: SDFOutputs = SDFOutputs(),
              seed: int = 0) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Metrics of the (EMA) model, and its marching-cubes mesh in mesh units ``(metrics, vertices, faces)``."""
-    model, scale = trainer.model, trainer.model.normalization.scale
-    eval_generator = SampleGenerator(trainer.gt, trainer.aabb, np.random.default_rng(seed + 1))
-    with trainer.optimizer.averaged_weights():
-        start = time.perf_counter()
-        vertices_unit, faces = extract_mesh(model, resolution, unit=True)
-        seconds_mesh = time.perf_counter() - start
-        iou_grid = grid_iou(model, trainer.gt, iou_resolution)
-        near = near_surface_agreement(model, eval_generator)
-    chamfer = chamfer_distance(vertices_unit, faces, trainer.gt.vertices, trainer.gt.faces, chamfer_samples,
+    """Measure ``model`` (as it is: average its weights first) against the ground truth ``gt`` (unit cube)
+    -> ``(metrics, vertices [V, 3] in mesh units, faces [F, 3])`` of its marching-cubes mesh.
+
+    Metrics: IoU on the ``outputs.iou_resolution`` grid and on near-surface samples, sign accuracy near
+    the surface, Chamfer distance of the marching-cubes mesh (``None`` when it is empty) in the unit
+    cube and in mesh units. See :mod:`ngp.sdf.metrics` for the definitions.
+    """
+    scale = model.normalization.scale
+    start = time.perf_counter()
+    vertices_unit, faces = extract_mesh(model, outputs.resolution, unit=True)
+    seconds_mesh = time.perf_counter() - start
+    near = near_surface_agreement(model, SampleGenerator(gt, model.aabb.cpu().numpy(), np.random.default_rng(seed + 1)))
+    chamfer = chamfer_distance(vertices_unit, faces, gt.vertices, gt.faces, outputs.chamfer_samples,
                                np.random.default_rng(seed + 2))
-    final = trainer.history[-10:]
+    finite = bool(np.isfinite(chamfer))  # inf: marching cubes found no surface (JSON has no inf)
     metrics = {
-        "steps": trainer.n_steps,
-        "seconds_training": round(trainer.seconds_training, 3),
-        "seconds_ground_truth_pool": round(trainer.seconds_pool, 3),
-        "samples_per_second": round(trainer.n_steps * trainer.config["training"]["batch_size"]
-                                    / max(trainer.seconds_training - trainer.seconds_pool, 1e-9)),
-        "final_loss": float(np.mean([h[1] for h in final])) if final else None,
-        "iou_grid": iou_grid,
-        "iou_grid_resolution": iou_resolution,
+        "iou_grid": grid_iou(model, gt, outputs.iou_resolution),
+        "iou_grid_resolution": outputs.iou_resolution,
         "iou_near_surface": near["iou"],
         "sign_accuracy_near_surface": near["sign_accuracy"],
-        "chamfer_unit_cube": chamfer,
-        "chamfer_mesh_units": chamfer * scale,
+        "chamfer_unit_cube": chamfer if finite else None,
+        "chamfer_mesh_units": chamfer * scale if finite else None,
         "chamfer_definition": "mean point-to-mesh distance extracted->GT plus GT->extracted, "
-                              f"{chamfer_samples} surface samples each; unit cube = mesh scaled by 1/{scale:.6g}",
-        "mesh_resolution": resolution,
+                              f"{outputs.chamfer_samples} surface samples each; unit cube = mesh scaled by "
+                              f"1/{scale:.6g}; null: the extracted mesh is empty",
+        "mesh_resolution": outputs.resolution,
         "mesh_vertices": int(len(vertices_unit)),
         "mesh_faces": int(len(faces)),
         "seconds_marching_cubes": round(seconds_mesh, 3),
         "threads": torch.get_num_threads(),
-        "device": str(trainer.device),
-        "precision": trainer.amp.precision,
-        "skipped_steps": trainer.amp.skipped_steps,
     }
     return metrics, model.normalization.to_mesh(vertices_unit), faces
 
 
-def fit_sdf(
-    mesh_path: str | Path, out: str | Path, seconds: float | None = None, steps: int | None = None,
-    config: str | Path | Mapping[str, Any] | None = None, seed: int = 0, resolution: int = 256,
-    render_size: tuple[int, int] = (512, 512), iou_resolution: int = 128, progress: bool = True,
-    device: str | torch.device = "auto", precision: str = "auto",
-) -> FitResult:
-    """Fit an SDF to a mesh file and write the run folder ``out``:
-
-    ``mesh.ply`` (marching cubes, mesh units), ``render.png``, ``loss.png``, ``metrics.json``,
-    ``config.json`` (the config used) and ``checkpoint/`` (EMA weights + normalisation).
-    Inputs are validated (mesh, config, output folder) before any training.
-    """
-    if seconds is None and steps is None:
-        seconds = 60.0
-    if resolution < 8:
-        raise ValueError(f"mesh resolution must be at least 8, got {resolution}")
-    if iou_resolution < 2:
-        raise ValueError(f"IoU grid resolution must be at least 2, got {iou_resolution}")
-    if min(render_size) < 1:
-        raise ValueError(f"render size must be positive, got {render_size[0]}x{render_size[1]}")
-    if steps is not None and steps < 0 or seconds is not None and seconds < 0:
-        raise ValueError(f"steps and seconds must not be negative, got steps={steps}, seconds={seconds}")
-    mesh = load_mesh(mesh_path)
-    trainer = SDFTrainer(mesh, config, seed, device, precision)  # validates the config and the device
-    out = prepare_output_dir(out)
-    trainer.train(steps=steps, seconds=seconds, progress=progress)
-
-    metrics, vertices, faces = evaluate(trainer, resolution, iou_resolution, seed=seed)
-    metrics = {"mesh": str(mesh_path), "seed": seed, **metrics}
-    files = [save_mesh(out / "mesh.ply", vertices, faces)]
-    with trainer.optimizer.averaged_weights():
-        start = time.perf_counter()
-        image = render_sdf(trainer.model, *render_size)
-        metrics["seconds_render"] = round(time.perf_counter() - start, 3)
-        files.append(trainer.model.save(out / "checkpoint", {"steps": trainer.n_steps, "seed": seed}))
-    files.append(write_png(out / "render.png", image))
-    files.append(write_loss_curve(out / "loss.png", trainer.history, trainer.config["loss"]["otype"]))
-    files.append(write_json(out / "config.json", trainer.config))
-    files.append(write_json(out / "metrics.json", metrics))
-    return FitResult(out, metrics, files)
+def summary_line(metrics: Mapping[str, Any], out: str | Path) -> str:
+    """What ``ngp sdf fit`` prints at the end (three lines)."""
+    chamfer = metrics["chamfer_unit_cube"]
+    chamfer_text = ("no surface extracted" if chamfer is None else
+                    f"{chamfer:.3e} (unit cube) = {metrics['chamfer_mesh_units']:.3e} (mesh units)")
+    rate = metrics["samples_per_second"] or 0.0
+    return (f"fitted {Path(metrics['data']['source']).name}: {metrics['steps']} steps in {metrics['seconds']:.1f} s "
+            f"(ground-truth pool {metrics['seconds_ground_truth_pool']:.1f} s, {rate / 1e6:.2f}M samples/s)\n"
+            f"  IoU grid {metrics['iou_grid_resolution']}^3: {metrics['iou_grid']:.4f}   "
+            f"IoU near surface: {metrics['iou_near_surface']:.4f}\n"
+            f"  Chamfer: {chamfer_text}; wrote {out}")
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return path
-
-
-def write_loss_curve(path: Path, history: list[tuple[int, float, float]], loss_name: str = "loss") -> Path:
-    """The training loss against steps (log scale) as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    if history:
-        steps, losses, _ = zip(*history)
-        axis.plot(steps, losses, lw=0.6, alpha=0.4 if len(losses) >= 100 else 1.0, color="tab:blue", label="per step")
-        window = len(losses) // 50
-        if window > 1:
-            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-            axis.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"mean of {window} steps")
-            axis.legend()
-        axis.set_yscale("log")
-    axis.set_xlabel("step")
-    axis.set_ylabel(f"{loss_name} loss")
-    axis.set_title("SDF training loss")
-    axis.grid(True, which="both", alpha=0.3)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
-
-
-__all__ = ["DEFAULT_CONFIG", "FitResult", "SDFTrainer", "TRAINING_DEFAULTS", "evaluate", "fit_sdf", "sdf_config"]
+__all__ = ["EVAL_IOU_RESOLUTION", "PRIMITIVE", "SDFOutputs", "SDFTask", "build_sdf_task", "check_training",
+           "evaluate", "fit_sdf", "mesh_fingerprint", "summary_line"]

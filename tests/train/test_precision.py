@@ -1,4 +1,4 @@
-"""Device choice and mixed precision (``ngp.training``), exercised on the CPU.
+"""Device choice and mixed precision (``ngp.train.precision``), exercised on the CPU.
 
 float16 autocast and loss scaling run on CPU tensors too, so the code path the GPU takes by default
 (``precision="auto"`` on CUDA) is checked here without a GPU.
@@ -13,7 +13,7 @@ import torch
 
 import ngp
 from ngp.optim import build_optimizer
-from ngp.training import MixedPrecision, resolve_device, resolve_precision
+from ngp.train.precision import MixedPrecision, resolve_device, resolve_precision
 
 ENCODING = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
             "base_resolution": 4, "per_level_scale": 2.0}

@@ -1,4 +1,4 @@
-"""What the three training loops (image, SDF, NeRF) share: where they run and in which precision.
+"""Where a training run computes and in which precision, and the guard against non-finite steps.
 
 * :func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` into a
   :class:`torch.device`, with a clear error when CUDA is asked for and absent.
@@ -107,25 +107,38 @@ class MixedPrecision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward_and_step(self, loss: torch.Tensor, optimizer) -> bool:
-        """Backward pass and optimizer step (``ngp.optim.Optimizer``: Adam, schedule, EMA).
+        """Backward pass and optimizer step (``ngp.optim.Optimizer``: Adam, schedule, EMA), guarded.
 
-        With loss scaling, the gradients are unscaled before Adam (and the EMA, and anyone reading
-        them), and the whole step is skipped when any is inf or NaN; the scale then halves. Returns
-        whether the step was taken.
+        The step is skipped (and counted in ``skipped_steps``) when the loss or any gradient is inf or
+        NaN, in every precision: a single NaN applied by Adam would poison the weights for good. With
+        loss scaling the gradients are unscaled before Adam (and the EMA, and anyone reading them), and
+        a skipped step halves the scale. Returns whether the step was taken.
         """
+        optimizer.zero_grad()
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._skip()
+            return False
         if not self.scaler.is_enabled():
             loss.backward()
+            if not gradients_finite(optimizer.adam):
+                self._skip()
+                return False
             optimizer.step()
             return True
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(optimizer.adam)  # also records the inf check that update() needs
-        finite = _all_finite(optimizer.adam)
+        finite = gradients_finite(optimizer.adam)
         if finite:
             optimizer.step()
         else:
             self.skipped_steps += 1
         self.scaler.update()
         return finite
+
+    def _skip(self) -> None:
+        self.skipped_steps += 1
+        if self.scaler.is_enabled():  # a non-finite loss under float16 also means: lower the scale
+            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
 
     def state_dict(self) -> dict:
         return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
@@ -136,9 +149,14 @@ class MixedPrecision:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
 
-def _all_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every gradient is finite, with one host synchronisation."""
+def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient is finite, with one host synchronisation.
+
+    Sums each gradient instead of testing every element: one read of the tables and no temporary as
+    large as they are (a NaN or inf anywhere makes the sum non-finite; a sum that overflows to inf
+    means gradients beyond 1e38, which are as unusable).
+    """
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
         return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    return bool(torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in grads])).all())

@@ -1,4 +1,5 @@
-"""Pinhole cameras (with optional OpenCV lens distortion) and the rays through their pixels.
+"""Pinhole cameras (with optional OpenCV lens distortion) and the rays through their pixels: the one
+camera model of the NeRF (posed photos) and the SDF renderer (:func:`orbit_camera`).
 
 Conventions
 -----------
@@ -7,6 +8,8 @@ Conventions
   image. The columns of ``R`` are the camera's x, y, z axes in world coordinates, ``t`` is the
   camera centre. (instant-ngp itself flips the camera's y and z axes to look down ``+z``; we keep
   the OpenGL camera axes and only change the *world* frame, see :mod:`ngp.nerf.datasets`.)
+* Orbit cameras (:func:`orbit_camera`) live in a y-up world: ``azimuth`` turns about ``+y`` (0 looks
+  from ``+z`` towards ``-z``), ``elevation`` lifts the camera towards ``+y``.
 * Pixels: ``x`` runs right (columns), ``y`` runs down (rows). A pixel with integer index
   ``(i, j)`` covers ``[i, i+1) x [j, j+1)``, so its centre is at ``(i + 0.5, j + 0.5)``; the
   principal point ``(cx, cy)`` is in the same continuous coordinates (``W/2, H/2`` is the image
@@ -33,11 +36,13 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
-__all__ = ["Cameras", "generate_rays", "distort", "undistort"]
+__all__ = ["Cameras", "generate_rays", "distort", "undistort", "orbit_camera", "pixel_centers"]
 
 
 @dataclass
@@ -213,3 +218,77 @@ def generate_rays(cameras: Cameras, camera_index: torch.Tensor,
     directions = torch.einsum("rij,rj->ri", c2w[:, :, :3], dirs_cam)
     directions = directions / directions.norm(dim=-1, keepdim=True)
     return c2w[:, :, 3].clone(), directions
+
+
+def pixel_centers(width: int, height: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[H*W, 2]`` pixel centres ``(x + 0.5, y + 0.5)``, row by row from the top-left pixel.
+
+    Example::
+
+        >>> pixel_centers(2, 1)
+        tensor([[0.5000, 0.5000],
+                [1.5000, 0.5000]])
+    """
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype), torch.arange(width, dtype=dtype), indexing="ij")
+    return torch.stack([xs, ys], dim=-1).reshape(-1, 2) + 0.5
+
+
+def orbit_camera(box, width: int, height: int, azimuth: float = 0.0, elevation: float = 0.0,
+                 fov_degrees: float = 35.0, margin: float = 1.05, points=None) -> Cameras:
+    """One pinhole camera looking at the centre of ``box`` from ``azimuth``/``elevation`` (degrees).
+
+    It stands just far enough away that the box's eight corners (or ``points [K, 3]``, if given) fit
+    in the image with ``margin`` of slack; ``fov_degrees`` spans the smaller image side, the principal
+    point is the image centre and there is no distortion. World ``y`` is up (see the module doc); a
+    camera straight above or below uses ``-z`` as its up instead.
+
+    Args:
+        box: ``[2, 3]`` (min corner, max corner).
+        width, height: image size in pixels (positive).
+
+    Returns:
+        :class:`Cameras` of one view, float64 (the placement is computed in float64; rays come out
+        in float64 and can be cast).
+
+    Example::
+
+        >>> cam = orbit_camera([[0.0] * 3, [1.0] * 3], 64, 48, azimuth=0.0, elevation=0.0)
+        >>> cam.c2w[0, :, 2]  # the camera's +z axis points back at the viewer: it sits on +z
+        tensor([0., 0., 1.], dtype=torch.float64)
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape != (2, 3):
+        raise ValueError(f"box must be [2, 3] (min, max), got {list(box.shape)}")
+    direction, right, up = _orbit_axes(azimuth, elevation)
+    focal = 0.5 * min(width, height) / math.tan(math.radians(fov_degrees) / 2)
+    centre = box.mean(0)
+    if points is None:
+        points = np.array([[box[i, 0], box[j, 1], box[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    corners = np.asarray(points, dtype=np.float64) - centre
+    # distance so that every corner projects inside the image: |c.right| f / (D - c.dir) <= W / 2, etc.
+    depth = corners @ direction
+    need = np.maximum(np.abs(corners @ right) * focal / (0.5 * width),
+                      np.abs(corners @ up) * focal / (0.5 * height))
+    distance = float(np.max(need * margin + depth))
+    # OpenGL camera axes: x right, y up, looking down -z, so the camera's z axis is ``direction``
+    c2w = torch.from_numpy(np.stack([right, up, direction, centre + distance * direction], axis=1))[None]
+
+    def one(value, dtype=torch.float64):
+        return torch.tensor([value], dtype=dtype)
+
+    return Cameras(c2w, one(focal), one(focal), one(width / 2), one(height / 2),
+                   one(width, torch.int64), one(height, torch.int64))
+
+
+def _orbit_axes(azimuth: float, elevation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(direction, right, up)`` [3] float64 each: from the target towards the eye, and the image's axes."""
+    az, el = math.radians(azimuth), math.radians(elevation)
+    direction = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    forward = -direction
+    # world y is up, except looking straight down or up, where it is parallel to the view
+    world_up = np.array([0.0, 1.0, 0.0]) if abs(direction[1]) < 0.999 else np.array([0.0, 0.0, -1.0])
+    right = np.cross(forward, world_up)
+    right /= np.linalg.norm(right)
+    return direction, right, np.cross(right, forward)

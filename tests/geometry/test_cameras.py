@@ -1,13 +1,15 @@
-"""Rays from cameras: pinhole geometry against an independent projection, and lens distortion."""
+"""Rays from cameras: pinhole geometry against an independent projection, lens distortion, and the orbit
+camera of the SDF renderer against the SDF renderer's former camera."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ngp.nerf.cameras import Cameras, distort, generate_rays, undistort
+from ngp.geometry.cameras import Cameras, distort, generate_rays, orbit_camera, pixel_centers, undistort
 
 FOX_DISTORTION = (0.0578421, -0.0805099, -0.000980296, 0.00015575)
 
@@ -136,3 +138,93 @@ def test_scaled_and_indexing():
     assert half.width[0].item() == 40 and half.height[0].item() == 30
     assert len(cams[1]) == 1 and len(cams[torch.tensor([0, 2])]) == 2
     assert cams.centers.shape == (3, 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Orbit cameras (the SDF renderer's)
+# ----------------------------------------------------------------------------------------------------
+
+
+def old_sdf_camera_rays(box, width, height, azimuth, elevation, fov_degrees=35.0, margin=1.05, points=None):
+    """The SDF renderer's own camera before it used :class:`Cameras` (``ngp.sdf.render.Camera.orbit``
+    and ``.rays``), kept as the oracle: its rays are ``x right + y up + forward`` with ``x``, ``y`` the
+    pixel centre's offset from the image centre over the focal length (``y`` up)."""
+    box = np.asarray(box, dtype=np.float64)
+    az, el = math.radians(azimuth), math.radians(elevation)
+    direction = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
+    forward = -direction
+    world_up = np.array([0.0, 1.0, 0.0]) if abs(direction[1]) < 0.999 else np.array([0.0, 0.0, -1.0])
+    right = np.cross(forward, world_up)
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    focal = 0.5 * min(width, height) / math.tan(math.radians(fov_degrees) / 2)
+    centre = box.mean(0)
+    if points is None:
+        points = np.array([[box[i, 0], box[j, 1], box[k, 2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+    corners = np.asarray(points, dtype=np.float64) - centre
+    need = np.maximum(np.abs(corners @ right) * focal / (0.5 * width), np.abs(corners @ up) * focal / (0.5 * height))
+    position = centre + float(np.max(need * margin + corners @ direction)) * direction
+    j, i = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    x, y = (j - width / 2) / focal, -(i - height / 2) / focal
+    d = x[..., None] * right + y[..., None] * up + forward
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    origins = np.broadcast_to(position, d.shape)
+    return (torch.tensor(origins.reshape(-1, 3), dtype=torch.float32),
+            torch.tensor(d.reshape(-1, 3), dtype=torch.float32))
+
+
+def orbit_rays(camera: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = pixel_centers(int(camera.width[0]), int(camera.height[0]), camera.c2w.dtype)
+    o, d = generate_rays(camera, torch.zeros(len(pixels), dtype=torch.long), pixels)
+    return o.float(), d.float()
+
+
+@pytest.mark.parametrize("azimuth, elevation", [(30, 15), (0, 0), (-120, 40), (90, -89.99), (10, 90)])
+def test_orbit_camera_rays_match_the_former_sdf_camera(azimuth, elevation):
+    box = np.array([[0.1, 0.0, 0.2], [0.9, 1.3, 0.6]])
+    points = np.random.default_rng(0).uniform(0.2, 0.6, (50, 3))
+    for kwargs in ({}, {"margin": 1.1, "points": points}):
+        camera = orbit_camera(box, 37, 23, azimuth, elevation, fov_degrees=40, **kwargs)
+        old_o, old_d = old_sdf_camera_rays(box, 37, 23, azimuth, elevation, fov_degrees=40, **kwargs)
+        new_o, new_d = orbit_rays(camera)
+        assert new_o.shape == old_o.shape == (37 * 23, 3)
+        torch.testing.assert_close(new_o, old_o, atol=0, rtol=0)  # the same float64 arithmetic
+        torch.testing.assert_close(new_d, old_d, atol=2e-7, rtol=0)  # a float32 rounding at most
+
+
+def test_orbit_camera_frames_the_box():
+    box = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
+    camera = orbit_camera(box, 100, 50, azimuth=40, elevation=20)
+    assert len(camera) == 1 and not camera.has_distortion
+    corners = torch.tensor([[x, y, z] for x in (0, 1) for y in (0, 2) for z in (0, 1)], dtype=torch.float64)
+    uv = project(camera, torch.zeros(8, dtype=torch.long), corners)  # also checks they are in front
+    u, v = uv[:, 0], uv[:, 1]
+    assert (u >= 0).all() and (u <= 100).all() and (v >= 0).all() and (v <= 50).all()
+    assert min(u.min(), 100 - u.max(), v.min(), 50 - v.max()) < 2  # and not much smaller than the image
+
+
+def test_orbit_camera_axes():
+    # azimuth 0, elevation 0: on +z looking at the box centre down -z, world y up in the image
+    camera = orbit_camera([[0.0] * 3, [1.0] * 3], 8, 8)
+    rotation, centre = camera.c2w[0, :, :3], camera.c2w[0, :, 3]
+    torch.testing.assert_close(rotation, torch.eye(3, dtype=torch.float64))
+    assert centre[2] > 1 and centre[0] == 0.5 and centre[1] == 0.5
+    # azimuth 90 turns the camera about +y to +x; elevation 90 puts it straight above, -z up in the image
+    assert orbit_camera([[0.0] * 3, [1.0] * 3], 8, 8, azimuth=90).c2w[0, 0, 3] > 1
+    above = orbit_camera([[0.0] * 3, [1.0] * 3], 8, 8, elevation=90)
+    assert above.c2w[0, 1, 3] > 1
+    minus_z = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(above.c2w[0, :, 1], minus_z, atol=1e-12, rtol=0)
+
+
+def test_orbit_camera_rejects_bad_input():
+    with pytest.raises(ValueError, match="image size"):
+        orbit_camera([[0.0] * 3, [1.0] * 3], 0, 8)
+    with pytest.raises(ValueError, match=r"box must be \[2, 3\]"):
+        orbit_camera([0.0, 1.0], 8, 8)
+
+
+def test_pixel_centers_row_by_row():
+    xy = pixel_centers(3, 2)
+    expected = [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5]]
+    torch.testing.assert_close(xy, torch.tensor(expected))

@@ -1,0 +1,31 @@
+"""The ``ngp`` command line: ``ngp image|sdf|nerf ...``.
+
+:mod:`ngp.cli.common` defines the options every command shares and the one way errors are reported;
+``ngp.cli.image``, ``ngp.cli.sdf`` and ``ngp.cli.nerf`` hold one primitive's commands each. The CLI only
+parses, calls a primitive, and reports; the work lives in the primitives.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ngp.cli import image, nerf, sdf
+
+app = typer.Typer(
+    name="ngp",
+    help="Instant neural graphics primitives: fit images, SDFs and NeRFs with a multiresolution hash encoding.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(image.app, name="image", help="Fit a gigapixel-style image and render it at any resolution.")
+app.add_typer(sdf.app, name="sdf", help="Learn a signed distance function from a mesh; extract and render its surface.")
+app.add_typer(nerf.app, name="nerf", help="Train a neural radiance field from posed photos; evaluate, render and mesh it.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

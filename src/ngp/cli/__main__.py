@@ -1,0 +1,3 @@
+from ngp.cli import main
+
+main()

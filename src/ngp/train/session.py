@@ -1,0 +1,85 @@
+"""From a training command to a trained run folder: new or resumed, the same for every primitive.
+
+Every check comes first (run folder, device, config, data), then the folder is prepared, then the
+loop runs. A primitive provides one function, ``build_task(config, device, precision) -> Task``, that
+loads its data and builds its model from a full config (new run: defaults <- ``--config`` <- options;
+resumed run: the checkpoint's config).
+
+Example::
+
+    metrics = train_run("image", build_image_task, TrainRequest(out="runs/a", overrides={"seconds": 60}))
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ngp.config import ConfigError
+from ngp.io.runs import RunFolder
+from ngp.train.loop import Task, load_task_state, train
+from ngp.train.precision import resolve_device, resolve_precision
+from ngp.train.settings import SESSION_KEYS, LoopSettings, build_config, check_resume_overrides
+
+BuildTask = Callable[[dict, torch.device, str], Task]
+
+
+@dataclass
+class TrainRequest:
+    """What every training command is asked (its shared options).
+
+    ``overrides``: ``training`` keys given on the command line (``seconds``, ``steps``, ``seed``,
+    ``checkpoint_every``, ``eval_at`` and the primitive's own, e.g. ``batch_size``); None = not given.
+    """
+
+    out: str | Path
+    config: str | Path | Mapping[str, Any] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+
+
+def train_run(primitive: str, build_task: BuildTask, request: TrainRequest, log=print,
+              ignored_sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check everything, build the task, then train into ``request.out``; returns the metrics."""
+    run = RunFolder.create(request.out, resume=request.resume, force=request.force)
+    device = resolve_device(request.device)
+    resolve_precision(request.precision, device)
+    overrides = {k: v for k, v in request.overrides.items() if v is not None}
+    if request.resume:
+        tensors, meta = run.load_checkpoint(primitive)
+        config = resumed_config(meta, request, overrides)
+    else:
+        config = build_config(primitive, request.config, overrides, device, ignored_sections)
+        given = [k for k in ("seconds", "steps") if k in overrides]
+        if len(given) == 1:  # a budget given on the command line replaces the config's whole
+            config["training"]["steps" if given == ["seconds"] else "seconds"] = None
+    settings = LoopSettings.from_training(config["training"])
+    torch.manual_seed(settings.seed)
+    task = build_task(config, device, request.precision)
+    state = load_task_state(task, tensors, meta, run.checkpoint_dir) if request.resume else None
+    if state is not None:
+        log(f"resuming {run.path} at step {state.step} ({state.seconds:.0f} s trained)")
+    run.start()
+    return train(task, run, settings, state, progress=request.progress, log=log)
+
+
+def resumed_config(meta: Mapping[str, Any], request: TrainRequest, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config with this session's budget; anything else given must match the run."""
+    if request.config is not None:
+        raise ConfigError("--config cannot be combined with --resume: a resumed run keeps its config")
+    config = copy.deepcopy(dict(meta["config"]))
+    training = config["training"]
+    check_resume_overrides(training, overrides)
+    session = {k: v for k, v in overrides.items() if k in SESSION_KEYS}
+    if "seconds" in session or "steps" in session:  # a new budget replaces the old one whole
+        training["seconds"], training["steps"] = session.pop("seconds", None), session.pop("steps", None)
+    training.update(session)
+    return config
