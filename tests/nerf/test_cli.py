@@ -3,7 +3,6 @@ errors on bad input."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from ngp.nerf.evaluation import evaluate
 from ngp.nerf.field import NerfField
 from ngp.nerf.renderer import Renderer, RenderSettings
 from ngp.nerf.runs import load_nerf_run
+
+from .scenes import single_transforms
 
 runner = CliRunner()
 
@@ -67,19 +68,6 @@ def run(tmp_path_factory, cache, config_file):
     assert result.exit_code == 0, result.output
     assert "generating the built-in scene" in result.output and "validation PSNR" in result.output
     return folder
-
-
-def single_transforms(blender_scene, out, n_frames=None):
-    """A fox-like data set: one ``transforms.json`` (instant-ngp layout) with the training frames of a
-    Blender scene."""
-    meta = json.loads((blender_scene / "transforms_train.json").read_text())
-    (out / "images").mkdir(parents=True)
-    frames = []
-    for i, frame in enumerate(meta["frames"][:n_frames]):
-        shutil.copy(blender_scene / (frame["file_path"] + ".png"), out / "images" / f"{i:04d}.png")
-        frames.append({"file_path": f"images/{i:04d}.png", "transform_matrix": frame["transform_matrix"]})
-    (out / "transforms.json").write_text(json.dumps({"camera_angle_x": meta["camera_angle_x"], "frames": frames}))
-    return out / "transforms.json"
 
 
 def test_train_writes_every_promised_file(run, cache):

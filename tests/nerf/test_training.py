@@ -1,11 +1,8 @@
 """NeRF training end to end on a tiny built-in scene: PSNR rises, resume continues, validation frames
 are held out, checkpoints are safe."""
 
-import contextlib
 import json
-import pickle
 import shutil
-import sys
 
 import pytest
 import torch
@@ -21,6 +18,8 @@ from ngp.nerf.runs import load_nerf_run
 from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
 from ngp.train.loop import LoopState, load_task_state, train
 from ngp.train.settings import LoopSettings, build_config
+from .scenes import single_transforms
+from safety_checks import assert_safetensors_holding, no_unpickling
 
 #: small enough for a few seconds of CPU, large enough to learn the scene's coarse structure
 TINY_CONFIG = {
@@ -42,19 +41,6 @@ def make_task(data, log=silent, **training):
     """A task on ``data`` with the tiny model (``training`` overrides the settings)."""
     config = build_config("nerf", TINY_CONFIG, {"data": str(data), "steps": 1, **TINY_SETTINGS, **training})
     return build_nerf_task(config, torch.device("cpu"), "float32", log=log)
-
-
-def single_transforms(blender_scene, out, n_frames):
-    """A fox-like data set: one ``transforms.json`` (instant-ngp layout) with the first ``n_frames``
-    training frames of a Blender scene."""
-    meta = json.loads((blender_scene / "transforms_train.json").read_text())
-    (out / "images").mkdir(parents=True)
-    frames = []
-    for i, frame in enumerate(meta["frames"][:n_frames]):
-        shutil.copy(blender_scene / (frame["file_path"] + ".png"), out / "images" / f"{i:04d}.png")
-        frames.append({"file_path": f"images/{i:04d}.png", "transform_matrix": frame["transform_matrix"]})
-    (out / "transforms.json").write_text(json.dumps({"camera_angle_x": meta["camera_angle_x"], "frames": frames}))
-    return out / "transforms.json"
 
 
 @pytest.fixture(scope="module")
@@ -139,42 +125,6 @@ def test_resume_continues_like_an_uninterrupted_run(scene, tmp_path):
     assert resumed["rays"][18:] == straight["rays"][18:]
 
 
-def _assert_safetensors_holding(path, tensors) -> None:
-    """``path`` is safetensors holding exactly ``tensors``: an 8-byte little-endian header length, a
-    JSON header, then each tensor's raw bytes back to back up to the end of the file, so no pickle can
-    hide anywhere (tests/test_checkpoints.py checks the same for the generic checkpoint)."""
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    assert len(raw) >= 8 + n, f"{path}: header length {n} beyond the end of the file"
-    entries = {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
-    assert set(entries) == set(tensors), f"{path}: tensors {sorted(entries)} != {sorted(tensors)}"
-    end = 0
-    for name, entry in sorted(entries.items(), key=lambda item: item[1]["data_offsets"]):
-        begin, stop = entry["data_offsets"]
-        expected = tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        assert begin == end and raw[8 + n + begin:8 + n + stop] == expected, f"{path}: {name} is not its bytes"
-        end = stop
-    assert 8 + n + end == len(raw), f"{path}: {len(raw) - 8 - n - end} bytes after the last tensor"
-
-
-@contextlib.contextmanager
-def _no_unpickling():
-    """Within the block any unpickling (pickle, torch.load) fails the test, except Numba's own (its
-    compile cache unpickles an index when a kernel is first used)."""
-    def refusing(original):
-        def refuse(*args, **kwargs):
-            if sys._getframe(1).f_globals.get("__name__", "").startswith("numba."):
-                return original(*args, **kwargs)
-            raise AssertionError("a checkpoint was unpickled")
-        return refuse
-
-    with pytest.MonkeyPatch.context() as patch:
-        for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"),
-                             (torch.serialization, "load")):
-            patch.setattr(module, name, refusing(getattr(module, name)))
-        yield
-
-
 def test_checkpoint_is_safetensors_and_json_only(trained):
     task, _, _, _, run = trained
     folder = find_checkpoint(run.path)
@@ -182,10 +132,10 @@ def test_checkpoint_is_safetensors_and_json_only(trained):
     assert sorted(p.suffix for p in files) == [".json", ".safetensors"], files
     meta_file, tensors_file = files if files[0].suffix == ".json" else files[::-1]
     assert json.loads(meta_file.read_text())["primitive"] == "nerf"
-    with _no_unpickling():
+    with no_unpickling():
         tensors, _ = load_checkpoint(folder)
         loaded = load_nerf_run(run.path, "cpu")
-    _assert_safetensors_holding(tensors_file, tensors)
+    assert_safetensors_holding(tensors_file, tensors)
     torch.testing.assert_close(loaded.grid.occupied, task.grid.occupied)
 
 
