@@ -112,13 +112,16 @@ def test_kill_9_after_a_periodic_checkpoint_can_be_resumed(image_and_config, tmp
 def test_rerunning_into_a_run_folder_is_refused_and_changes_nothing(image_and_config, tmp_path):
     image, config = image_and_config
     runner = CliRunner()
-    args = ["image", "fit", str(image), "--out", str(tmp_path / "run"), "--steps", "2", "--config", str(config),
-            "--quiet"]
-    assert runner.invoke(app, args).exit_code == 0
+    args = ["image", "fit", str(image), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet"]
+    assert runner.invoke(app, args + ["--config", str(config)]).exit_code == 0
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "already holds a run" in result.output and "Traceback" not in result.output
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
-    result = runner.invoke(app, args + ["--force", "--steps", "3"])
+    other = [a if a != str(image) else "builtin:camera" for a in args]
+    result = runner.invoke(app, other + ["--resume"])
+    assert result.exit_code == 1 and "cannot resume with data 'builtin:camera'" in result.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+    result = runner.invoke(app, args + ["--config", str(config), "--force", "--steps", "3"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 3

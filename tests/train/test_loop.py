@@ -54,7 +54,7 @@ class ToyTask:
         self.evaluated_at.append(self._step_hint)
         return {"val_psnr": 20.0}
 
-    def write_outputs(self, run, state) -> dict:
+    def write_outputs(self, run, state, progress) -> dict:
         run.file("output.txt").write_text(f"{state.step}")
         return {"final": state.step}
 

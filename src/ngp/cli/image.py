@@ -37,7 +37,7 @@ def fit(
 
     with reporting():
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=data_path(image) if not resume else None,
+                                eval_at, quiet, data=data_path(image),
                                 batch_size=batch_size, keep_alpha=keep_alpha)
         metrics = train_run(PRIMITIVE, build_image_task, request, log=log)
         log(summary_line(metrics, out))

@@ -73,9 +73,9 @@ class ImageTask:
         psnr, _, _ = evaluate(self.model, self.target, self.image.linear, keep_display=False)
         return {"psnr_all_pixels": round(psnr, 4)}
 
-    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+    def write_outputs(self, run: RunFolder, state: LoopState, progress: bool) -> dict[str, Any]:
         psnr, display, values = evaluate(self.model, self.target, self.image.linear, keep_values=self.image.is_float,
-                                         progress=True)
+                                         progress=progress)
         write_image(run.file("reconstruction.png"), display)
         if values is not None:
             linear = values if self.image.linear else srgb_to_linear(values).astype(np.float32)

@@ -396,7 +396,7 @@ class NerfTask:
         result = evaluate(self.renderer, v.dataset, v.indices, with_ssim=False, progress=False)
         return {f"{v.prefix}_psnr": round(result.mean_psnr, 4)}
 
-    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+    def write_outputs(self, run: RunFolder, state: LoopState, progress: bool) -> dict[str, Any]:
         """``val_XX.png`` (render | ground truth) and the final figures."""
         v = self.validation
         metrics: dict[str, Any] = {"val_psnr": None}

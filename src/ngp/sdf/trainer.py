@@ -154,7 +154,7 @@ class SDFTask:
                               "near_inside": self.gt.inside(near)}
         return self._eval_set
 
-    def write_outputs(self, run: RunFolder, state: LoopState) -> dict[str, Any]:
+    def write_outputs(self, run: RunFolder, state: LoopState, progress: bool) -> dict[str, Any]:
         metrics, vertices, faces = evaluate(self.model, self.gt, self.outputs, self.seed)
         save_mesh(run.file("mesh.ply"), vertices, faces)
         start = time.perf_counter()

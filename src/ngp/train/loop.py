@@ -99,8 +99,9 @@ class Task(Protocol):
     def evaluate(self) -> dict[str, float]:
         """Quick figures of the current (averaged) model, for ``eval_at``; e.g. ``{"val_psnr": 28.1}``."""
 
-    def write_outputs(self, run: RunFolder, state: "LoopState") -> dict[str, Any]:
-        """Pictures, meshes etc. of the final (averaged) model into ``run``; returns metrics for metrics.json."""
+    def write_outputs(self, run: RunFolder, state: "LoopState", progress: bool) -> dict[str, Any]:
+        """Pictures, meshes etc. of the final (averaged) model into ``run``; returns metrics for metrics.json.
+        ``progress``: whether long work may show a progress bar (False with ``--quiet``)."""
 
     def data_identity(self) -> dict[str, Any]:
         """JSON describing the training data (path, size, resolution...): a resume must find it equal."""
@@ -267,7 +268,7 @@ class Session:
 
         with self.task.optimizer.averaged_weights(), torch.no_grad():
             self.task.model.eval()
-            outputs = self.task.write_outputs(self.run, self.state)
+            outputs = self.task.write_outputs(self.run, self.state, not self.bar.bar.disable)
         final = {k: v for k, v in outputs.items() if "psnr" in k and isinstance(v, (int, float))}
         write_training_plot(self.run.file("training.png"), self.state, self.task.primitive, final)
         metrics = {**self.common_metrics(), **outputs, "stopped": _stop_reason(signum)}

@@ -49,12 +49,12 @@ def write_training_plot(path: str | Path, state, primitive: str, final: dict | N
         ax_right.semilogy(seconds, smooth(loss, window), color="C1", lw=1.2, label="training loss")
         ax_right.set(ylabel="training loss", title="loss over time")
     end = state.seconds if state.seconds else (seconds[-1] if len(seconds) else 0.0)
-    for key in sorted({k for e in state.evals for k in e if "psnr" in k} | set(final or {})):
+    for i, key in enumerate(sorted({k for e in state.evals for k in e if "psnr" in k} | set(final or {}))):
         points = [(e["seconds"], e[key]) for e in state.evals if isinstance(e.get(key), (int, float))]
         if final and isinstance(final.get(key), (int, float)) and math.isfinite(final[key]):
             points.append((end, final[key]))
         if points:
-            ax_right.plot(*zip(*points), "o-", label=f"{key.replace('_', ' ')} ({points[-1][1]:.2f})")
+            ax_right.plot(*zip(*points), "o-", color=f"C{3 + i}", label=f"{key.replace('_', ' ')} ({points[-1][1]:.2f})")
     ax_right.set(xlabel="training time [s]")
     if ax_right.get_legend_handles_labels()[0]:
         ax_right.legend(loc="lower right")
