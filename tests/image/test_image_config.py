@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ngp.config import ConfigError, load_config
+from ngp.config import ConfigError
 from ngp.image.model import build_image_model, image_config, resolve_for_image
 
 BASE_JSON = Path(__file__).resolve().parents[2] / "configs" / "image" / "base.json"

@@ -32,12 +32,12 @@ def fit(
 
     Example: ngp image fit builtin:astronaut --out runs/astronaut --seconds 60
     """
-    from ngp.image.trainer import PRIMITIVE, build_image_task, data_path, summary_line
-    from ngp.train.session import train_run
+    from ngp.image.trainer import PRIMITIVE, build_image_task, summary_line
+    from ngp.train.session import input_path, train_run
 
     with reporting():
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=data_path(image),
+                                eval_at, quiet, data=input_path(image),
                                 batch_size=batch_size, keep_alpha=keep_alpha)
         metrics = train_run(PRIMITIVE, build_image_task, request, log=log)
         log(summary_line(metrics, out))

@@ -42,13 +42,13 @@ def fit(
 
     Example: ngp sdf fit armadillo.obj --out runs/armadillo --seconds 60
     """
-    from ngp.sdf.trainer import PRIMITIVE, SDFOutputs, build_sdf_task, mesh_path, summary_line
-    from ngp.train.session import train_run
+    from ngp.sdf.trainer import PRIMITIVE, SDFOutputs, build_sdf_task, summary_line
+    from ngp.train.session import input_path, train_run
 
     with reporting():
         outputs = SDFOutputs(resolution, iou_resolution, (render_width, render_height))
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=mesh_path(mesh), batch_size=batch_size)
+                                eval_at, quiet, data=input_path(mesh), batch_size=batch_size)
         metrics = train_run(PRIMITIVE, functools.partial(build_sdf_task, outputs=outputs), request, log=log)
         log(summary_line(metrics, out))
 

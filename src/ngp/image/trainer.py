@@ -32,7 +32,7 @@ from ngp.losses import build_loss, l2
 from ngp.optim import build_optimizer
 from ngp.train.loop import Batch, LoopState
 from ngp.train.precision import MixedPrecision
-from ngp.train.session import TrainRequest, train_run
+from ngp.train.session import TrainRequest, input_path, train_run
 
 PRIMITIVE = "image"
 #: Pixels evaluated per chunk in the final evaluation and in rendering.
@@ -119,20 +119,10 @@ def fit_image(image: str | Path, out: str | Path, seconds: float | None = None, 
         >>> metrics = fit_image("builtin:astronaut", "runs/astronaut", seconds=60)
         >>> metrics["psnr"], metrics["steps"]
     """
-    overrides = {"data": data_path(image), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
+    overrides = {"data": input_path(image), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
                  "keep_alpha": keep_alpha, "checkpoint_every": checkpoint_every, "eval_at": eval_at}
     request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
-    return train_run(PRIMITIVE, build_image_task, request, log=print if progress else _silent)
-
-
-def data_path(source: str | Path) -> str:
-    """An input as the run records it: existing files by absolute path (a resume may start elsewhere)."""
-    path = Path(source)
-    return str(path.resolve()) if path.exists() else str(source)
-
-
-def _silent(message: str) -> None:
-    pass
+    return train_run(PRIMITIVE, build_image_task, request)
 
 
 def _positive_int(value: Any, name: str) -> int:

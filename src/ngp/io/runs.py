@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 
 from ngp.io.checkpoints import OLD_SUFFIX, load_checkpoint, save_checkpoint
-from ngp.io.files import atomic_path, prepare_output_dir
+from ngp.io.files import prepare_output_dir, write_json
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
@@ -110,10 +110,7 @@ class RunFolder:
         return load_checkpoint(self.path, primitive)
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
-        path = self.file(name)
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-        return path
+        return write_json(self.file(name), data)
 
     def read_json(self, name: str) -> dict[str, Any]:
         return json.loads(self.file(name).read_text())
@@ -121,11 +118,3 @@ class RunFolder:
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
 
-
-def _json_default(value: Any) -> Any:
-    """numpy / torch scalars and paths in metrics."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

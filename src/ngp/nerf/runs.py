@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from ngp.io.checkpoints import CheckpointError, subset
-from ngp.io.files import atomic_path, check_writable_file, prepare_output_dir
+from ngp.io.files import check_writable_file, prepare_output_dir, write_json
 from ngp.io.runs import RunFolder
 from ngp.nerf.datasets import SPLITS, load_dataset
 from ngp.nerf.evaluation import evaluate
@@ -152,8 +151,7 @@ def eval_run(run: str | Path, data: str | Path | None = None, split: str | None 
                "downscale": downscale, "step": loaded.step, "n_frames": len(dataset),
                "frames": list(dataset.frame_indices), "n_frames_trained_on": trained_on, **result.summary(),
                "peak_memory_mb": round(peak_memory_mb(), 1)}
-    with atomic_path(out_dir / "metrics.json") as tmp:  # written last: marks the folder complete
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", summary)  # written last: marks the folder complete
     for r in result.per_image:
         log(f"  {r['file']:>20s}  PSNR {r['psnr']:6.2f} dB" + (f"  SSIM {r['ssim']:.4f}" if "ssim" in r else ""))
     note = f", {trained_on} of them trained on" if trained_on else ""

@@ -51,7 +51,7 @@ from ngp.nerf.renderer import Renderer, RenderSettings
 from ngp.optim import build_optimizer
 from ngp.train.loop import Batch, LoopState
 from ngp.train.precision import MixedPrecision
-from ngp.train.session import TrainRequest, train_run
+from ngp.train.session import TrainRequest, input_path, silent, train_run
 
 __all__ = ["BUILTIN", "BUILTIN_SCENE", "NerfTask", "TrainSettings", "Validation", "build_grid", "build_nerf_task",
            "builtin_scene_dir", "load_training_data", "resolve_data", "summary_line", "train_nerf", "PRIMITIVE"]
@@ -168,10 +168,7 @@ def resolve_data(data: str | Path) -> str:
     """A data argument as the run records it: ``builtin`` -> the built-in scene's cache folder, an
     existing path -> its absolute path (a resume may start elsewhere), anything else unchanged (the
     task reports it missing)."""
-    if str(data) == BUILTIN:
-        return str(builtin_scene_dir())
-    path = Path(data)
-    return str(path.resolve()) if path.exists() else str(data)
+    return str(builtin_scene_dir()) if str(data) == BUILTIN else input_path(data)
 
 
 def prepare_data(data: str, log: Callable[[str], None] = print) -> Path:
@@ -494,13 +491,9 @@ def train_nerf(data: str | Path, out: str | Path, seconds: float | None = None, 
                  "downscale": downscale, "val_images": val_images, "target_samples": target_samples,
                  "holdout_every": holdout_every, "checkpoint_every": checkpoint_every, "eval_at": eval_at}
     request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
-    log = print if progress else _silent
+    log = print if progress else silent
     return train_run(PRIMITIVE, functools.partial(build_nerf_task, log=log), request, log=log,
                      ignored_sections=IGNORED_KEYS)
-
-
-def _silent(message: str) -> None:
-    pass
 
 
 def summary_line(metrics: Mapping[str, Any], out: Path | str) -> str:

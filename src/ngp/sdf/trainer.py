@@ -54,7 +54,7 @@ from ngp.sdf.render import render_sdf, write_png
 from ngp.sdf.sampling import MeshSDF, SampleGenerator, SamplePool, mesh_aabb
 from ngp.train.loop import Batch, LoopState
 from ngp.train.precision import MixedPrecision
-from ngp.train.session import TrainRequest, train_run
+from ngp.train.session import TrainRequest, input_path, train_run
 
 PRIMITIVE = "sdf"
 #: The mid-training evaluation (``--eval-at``): IoU on a grid this coarse, sign accuracy on this many
@@ -219,20 +219,12 @@ def fit_sdf(mesh: str | Path, out: str | Path, seconds: float | None = None, ste
     Example:
         >>> metrics = fit_sdf("armadillo.obj", "runs/armadillo", seconds=60, outputs=SDFOutputs(resolution=512))
     """
-    overrides = {"data": mesh_path(mesh), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
+    overrides = {"data": input_path(mesh), "seconds": seconds, "steps": steps, "seed": seed, "batch_size": batch_size,
                  "checkpoint_every": checkpoint_every, "eval_at": eval_at}
     request = TrainRequest(out, config, overrides, resume, force, device, precision, progress)
-    return train_run(PRIMITIVE, functools.partial(build_sdf_task, outputs=outputs), request,
-                     log=print if progress else _silent)
+    return train_run(PRIMITIVE, functools.partial(build_sdf_task, outputs=outputs), request)
 
 
-def mesh_path(source: str | Path) -> str:
-    """A mesh as the run records it: by absolute path, so that a resume from elsewhere finds it."""
-    return str(Path(source).resolve())
-
-
-def _silent(message: str) -> None:
-    pass
 
 
 def mesh_fingerprint(mesh: Mesh) -> str:

@@ -46,9 +46,26 @@ class TrainRequest:
     progress: bool = True
 
 
-def train_run(primitive: str, build_task: BuildTask, request: TrainRequest, log=print,
+def input_path(source: str | Path) -> str:
+    """A command's input as the run records it (``training.data``): an existing file or folder by its
+    absolute path, so that a resume started elsewhere finds it; anything else (``builtin:astronaut``,
+    a missing file the task will report) unchanged."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+def silent(message: str) -> None:
+    """A ``log`` that says nothing."""
+
+
+def train_run(primitive: str, build_task: BuildTask, request: TrainRequest, log=None,
               ignored_sections: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Check everything, build the task, then train into ``request.out``; returns the metrics."""
+    """Check everything, build the task, then train into ``request.out``; returns the metrics.
+
+    ``log`` takes the progress and summary lines: by default ``print``, or nothing when
+    ``request.progress`` is off (the command line passes its own, which keeps them with --quiet).
+    """
+    log = log or (print if request.progress else silent)
     run = RunFolder.create(request.out, resume=request.resume, force=request.force)
     device = resolve_device(request.device)
     resolve_precision(request.precision, device)
