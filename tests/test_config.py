@@ -122,7 +122,7 @@ def test_bad_network_configs_name_the_problem(config, word):
     "config, word",
     [
         ({"otype": "Adam", "learning_rate": 1e-2, "momentum": 0.9}, "momentum"),
-        ({"otype": "SGD"}, "SGD"),
+        ({"otype": "Shampoo"}, "Shampoo"),
         ({"otype": "Ema", "decay": 0.9}, "nested"),
         ({"otype": "Adam", "relative_decay": 0.1}, "relative_decay"),
     ],

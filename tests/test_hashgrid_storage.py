@@ -173,7 +173,8 @@ def test_custom_op_registration(monkeypatch, storage):
     """Schema, fake (meta) implementations and autograd registration of the compiled op."""
     monkeypatch.setenv("NGP_BACKEND", "numba")
     layout, x, table, grad_out = make_case(n_points=16)
-    args = (x, table.requires_grad_(), list(layout.resolutions), list(layout.offsets), list(layout.hashed), 1, storage)
+    args = (x, table.requires_grad_(), list(layout.resolutions), list(layout.offsets), list(layout.hashed), 0, 1,
+            storage)  # hash code 0 (CoherentPrime), interpolation 1 (Linear)
     torch.library.opcheck(op_module._encode_op, args)
     backward_args = (grad_out, x, table.detach(), *args[2:], True, True)
     torch.library.opcheck(op_module._encode_backward_op, backward_args)
@@ -279,8 +280,14 @@ def test_bad_or_contradicting_storage_keyword_raises():
         HashGrid(3, {**CONFIG, "storage_dtype": "float32"}, storage_dtype=torch.float16)
     agreeing = HashGrid(3, {**CONFIG, "storage_dtype": "float16"}, storage_dtype=torch.float16)
     assert agreeing.storage_dtype == torch.float16
-    with pytest.raises(TypeError, match="storage_dtype=float16"):
-        HashGrid(3, CONFIG, dtype=torch.float16)  # a float16 parameter: store in half instead
+    # tiny-cuda-nn's dtype=torch.float16: a float32 parameter read in half, a half output
+    half = HashGrid(3, CONFIG, dtype=torch.float16)
+    assert half.table.dtype == torch.float32 and half.storage_dtype == torch.float16
+    assert half(torch.rand(4, 3)).dtype == torch.float16
+    with pytest.raises(ngp.ConfigError, match="contradicts"):
+        HashGrid(3, {**CONFIG, "storage_dtype": "float32"}, dtype=torch.float16)
+    with pytest.raises(TypeError, match="dtype=torch.bfloat16"):
+        HashGrid(3, CONFIG, dtype=torch.bfloat16)
 
 
 def test_composite_passes_the_key_to_its_nested_grid():

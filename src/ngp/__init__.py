@@ -11,6 +11,10 @@ The building blocks mirror tiny-cuda-nn::
                         "n_neurons": 64, "n_hidden_layers": 2},
     )
     optimizer = ngp.build_optimizer({"otype": "Adam", "learning_rate": 1e-2}, model)
+
+tiny-cuda-nn's PyTorch API is here under the same names (``Encoding``, ``Network``,
+``NetworkWithInputEncoding``, ``Module``, ``supports_jit_fusion``, ``free_temporary_memory``), so
+``import ngp as tcnn`` runs code written for ``tinycudann``; see ``docs/compat.md``.
 """
 
 import os
@@ -21,7 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ngp.config import ConfigError, load_config  # noqa: E402
-from ngp.encodings import Encoding  # noqa: E402
+from ngp.encodings import Encoding, Module, free_temporary_memory, supports_jit_fusion  # noqa: E402
 from ngp.losses import build_loss  # noqa: E402
 from ngp.networks import Network, NetworkWithInputEncoding  # noqa: E402
 from ngp.optim import build_optimizer  # noqa: E402
@@ -29,6 +33,6 @@ from ngp.optim import build_optimizer  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "Encoding", "Network", "NetworkWithInputEncoding",
-    "build_loss", "build_optimizer", "load_config", "__version__",
+    "ConfigError", "Encoding", "Module", "Network", "NetworkWithInputEncoding", "build_loss", "build_optimizer",
+    "free_temporary_memory", "load_config", "supports_jit_fusion", "__version__",
 ]

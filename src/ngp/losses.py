@@ -34,13 +34,43 @@ def mape(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target).abs() / (target.abs() + 0.01)).mean()
 
 
-LOSSES: dict[str, Loss] = {"L2": l2, "L1": l1, "Huber": huber, "RelativeL2": relative_l2, "MAPE": mape}
+def relative_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 divided by the prediction's magnitude (+0.01), not differentiated through (tiny-cuda-nn's)."""
+    return ((pred - target).abs() / (pred.detach().abs() + 0.01)).mean()
+
+
+def smape(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Symmetric MAPE, ``|pred - target| / (mean of |pred|, |target| + 0.01)``, the scale not
+    differentiated through (tiny-cuda-nn's)."""
+    return ((pred - target).abs() / (0.5 * (target.abs() + pred.detach().abs()) + 0.01)).mean()
+
+
+def relative_l2_luminance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L2 divided by the predicted luminance squared (+0.01), not differentiated through: channels
+    ``[..., 0:3]`` are RGB (plus ``[..., 3:6]`` when there are 6 or more, as tiny-cuda-nn's NRC)."""
+    if pred.shape[-1] < 3:
+        raise ValueError(f"RelativeL2Luminance needs RGB predictions (>= 3 channels), got {pred.shape[-1]}")
+    rgb = pred.detach()[..., :3] + (pred.detach()[..., 3:6] if pred.shape[-1] >= 6 else 0.0)
+    luminance = rgb @ torch.tensor([0.299, 0.587, 0.114], dtype=pred.dtype, device=pred.device)
+    return ((pred - target).square() / (luminance.square()[..., None] + 0.01)).mean()
+
+
+LOSSES: dict[str, Loss] = {
+    "L2": l2, "L1": l1, "Huber": huber, "RelativeL2": relative_l2, "MAPE": mape, "RelativeL1": relative_l1,
+    "SMAPE": smape, "RelativeL2Luminance": relative_l2_luminance,
+}
+#: tiny-cuda-nn losses that need a probability density as the prediction (refused, named in the error).
+UNSUPPORTED_LOSSES = ("CrossEntropy", "Variance")
 
 
 def build_loss(config: Mapping[str, Any] | None) -> Loss:
     """``{"otype": "L2"}`` -> a loss function ``(pred, target) -> scalar``."""
     config = config or {"otype": "L2"}
-    otype = require_choice(otype_of(config, "loss"), LOSSES, "otype", "loss")
+    otype = otype_of(config, "loss")
+    if otype.lower() in (name.lower() for name in UNSUPPORTED_LOSSES):
+        raise ConfigError(f"loss otype {otype!r} is not supported (it scores probability densities, which no ngp "
+                          f"primitive predicts); use one of {sorted(LOSSES)}")
+    otype = require_choice(otype, LOSSES, "otype", "loss")
     if otype == "Huber":
         config = with_defaults(config, {"delta": 0.1}, "loss 'Huber'")
         delta = require_float(config["delta"], "delta", "loss 'Huber'", 1e-12)
@@ -49,4 +79,5 @@ def build_loss(config: Mapping[str, Any] | None) -> Loss:
     return LOSSES[otype]
 
 
-__all__ = ["ConfigError", "LOSSES", "build_loss", "huber", "l1", "l2", "mape", "relative_l2"]
+__all__ = ["ConfigError", "LOSSES", "build_loss", "huber", "l1", "l2", "mape", "relative_l1", "relative_l2",
+           "relative_l2_luminance", "smape"]

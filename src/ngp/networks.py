@@ -8,12 +8,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ngp.config import otype_of, require_choice, require_int, with_defaults
+from ngp.config import ConfigError, otype_of, require_choice, require_int, with_defaults
 from ngp.encodings import Encoding
+from ngp.encodings.base import Module, seeded_generator
 
-#: tiny-cuda-nn's network types all mean "an MLP" here; the fused ones are GPU implementation details.
-NETWORK_OTYPES = ("FullyFusedMLP", "CutlassMLP", "MLP")
-NETWORK_DEFAULTS = {"n_neurons": 64, "n_hidden_layers": 2, "activation": "ReLU", "output_activation": "None"}
+#: tiny-cuda-nn's MLP types all mean "an MLP" here; fused/CUTLASS/megakernel are GPU implementation
+#: details (instant-ngp also names ``MegakernelMLP``).
+NETWORK_OTYPES = ("FullyFusedMLP", "CutlassMLP", "MegakernelMLP", "MLP")
+#: tiny-cuda-nn network types that are not a plain MLP (refused, named in the error).
+UNSUPPORTED_NETWORKS = ("CutlassResNet",)
+NETWORK_DEFAULTS = {
+    "n_neurons": 64, "n_hidden_layers": 2, "activation": "ReLU", "output_activation": "None",
+    "feedback_alignment": False,  # FullyFusedMLP's option (Lillicrap et al. 2016): only off is supported
+}
 
 ACTIVATIONS = {
     "None": nn.Identity,
@@ -38,12 +45,14 @@ class _Lambda(nn.Module):
         return self.fn(x)
 
 
-class Network(nn.Module):
+class Network(Module):
     """A multilayer perceptron ``[N, n_input_dims] -> [N, n_output_dims]``.
 
-    Like tiny-cuda-nn's MLPs: ``n_hidden_layers`` hidden layers of ``n_neurons``, ``activation``
-    after each, ``output_activation`` at the end, no biases (a learned encoding makes them
-    redundant), weights initialised Xavier-uniform.
+    Like tiny-cuda-nn's MLPs: ``n_hidden_layers`` hidden layers of ``n_neurons`` (0: one linear
+    map), ``activation`` after each, ``output_activation`` at the end, no biases (a learned encoding
+    makes them redundant), weights initialised Xavier-uniform (from ``seed`` when given, as
+    tiny-cuda-nn's ``Network(n_input_dims, n_output_dims, network_config, seed=1337)``; ``None``: from
+    torch's global RNG). Output float32 (tiny-cuda-nn's is float16 on most GPUs).
 
     Example:
         >>> net = Network(32, 3, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2})
@@ -51,12 +60,22 @@ class Network(nn.Module):
         torch.Size([8, 3])
     """
 
-    def __init__(self, n_input_dims: int, n_output_dims: int, network_config: Mapping[str, Any] | None = None):
+    def __init__(self, n_input_dims: int, n_output_dims: int, network_config: Mapping[str, Any] | None = None,
+                 seed: int | None = None):
         super().__init__()
         config = dict(network_config or {"otype": "FullyFusedMLP"})
-        otype = require_choice(otype_of(config, "network"), NETWORK_OTYPES, "otype", "network")
+        otype = otype_of(config, "network")
+        if otype.lower() in (name.lower() for name in UNSUPPORTED_NETWORKS):
+            raise ConfigError(f"network otype {otype!r} is not supported (its residual blocks are not "
+                              f"implemented); use one of {list(NETWORK_OTYPES)}")
+        otype = require_choice(otype, NETWORK_OTYPES, "otype", "network")
         what = f"network {otype!r}"
         config = with_defaults(config, NETWORK_DEFAULTS, what)
+        if config["feedback_alignment"] is not False:
+            raise ConfigError(f"{what}: feedback_alignment={config['feedback_alignment']!r} is not supported "
+                              "(only false)")
+        self.seed = seed
+        generator = seeded_generator(seed)
         self.n_input_dims = require_int(n_input_dims, "n_input_dims", what, 1)
         self.n_output_dims = require_int(n_output_dims, "n_output_dims", what, 1)
         width = require_int(config["n_neurons"], "n_neurons", what, 1)
@@ -67,7 +86,8 @@ class Network(nn.Module):
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out, bias=False))
-            nn.init.uniform_(layers[-1].weight, -math.sqrt(6 / (fan_in + fan_out)), math.sqrt(6 / (fan_in + fan_out)))
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            nn.init.uniform_(layers[-1].weight, -bound, bound, generator=generator)
             last = i == len(sizes) - 2
             layers.append(ACTIVATIONS[output_activation if last else activation]())
         self.layers = nn.Sequential(*layers)
@@ -85,8 +105,9 @@ class Network(nn.Module):
         return output_activation(x.float())
 
 
-class NetworkWithInputEncoding(nn.Module):
-    """``Network(Encoding(x))`` in one module: ``[N, n_input_dims] -> [N, n_output_dims]``.
+class NetworkWithInputEncoding(Module):
+    """``Network(Encoding(x))`` in one module: ``[N, n_input_dims] -> [N, n_output_dims]``, with
+    tiny-cuda-nn's signature ``(n_input_dims, n_output_dims, encoding_config, network_config, seed)``.
 
     Example:
         >>> model = NetworkWithInputEncoding(2, 3, {"otype": "HashGrid"}, {"otype": "FullyFusedMLP"})
@@ -100,12 +121,14 @@ class NetworkWithInputEncoding(nn.Module):
         n_output_dims: int,
         encoding_config: Mapping[str, Any],
         network_config: Mapping[str, Any] | None = None,
+        seed: int | None = None,
     ):
         super().__init__()
-        self.encoding = Encoding(n_input_dims, encoding_config)
-        self.network = Network(self.encoding.n_output_dims, n_output_dims, network_config)
+        self.encoding = Encoding(n_input_dims, encoding_config, seed=seed)
+        self.network = Network(self.encoding.n_output_dims, n_output_dims, network_config, seed=seed)
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
+        self.seed = seed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoding(x)

@@ -5,6 +5,11 @@ the weights — built from tiny-cuda-nn's nested optimizer configs::
     {"otype": "Ema", "decay": 0.95, "nested": {"otype": "ExponentialDecay", "decay_start": 20000,
      "decay_interval": 10000, "decay_base": 0.33, "nested": {"otype": "Adam", "learning_rate": 1e-2,
      "beta1": 0.9, "beta2": 0.99, "epsilon": 1e-15, "l2_reg": 1e-6}}}
+
+The innermost optimizer may also be tiny-cuda-nn's ``Lion`` (Chen et al. 2023: the sign of a
+momentum blend, decoupled weight decay) or ``SGD`` (with L2), each as tiny-cuda-nn applies it: to all
+parameters alike (plain PyTorch; only Adam has compiled kernels). Its other optimizers (``Novograd``,
+``Shampoo``, ``Average``, ``Batched``, ``Lookahead``, ``Composite``) are refused by name.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ ADAM_DEFAULTS = {
     "relative_decay": 0.0, "absolute_decay": 0.0, "clipping_magnitude": 0.0, "adabound": False,
 }
 DECAY_DEFAULTS = {"decay_start": 0, "decay_interval": 10000, "decay_base": 0.33, "decay_end": 10**12}
-OPTIMIZER_OTYPES = ("Adam", "ExponentialDecay", "Ema")
+LION_DEFAULTS = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}  # tiny-cuda-nn's
+SGD_DEFAULTS = {"learning_rate": 1e-3, "l2_reg": 1e-8}  # tiny-cuda-nn's
+OPTIMIZER_OTYPES = ("Adam", "Lion", "SGD", "ExponentialDecay", "Ema")
+#: tiny-cuda-nn optimizers not implemented here (refused, named in the error).
+UNSUPPORTED_OPTIMIZERS = ("Novograd", "Shampoo", "Average", "Batched", "Lookahead", "Composite")
 
 
 @dataclass
@@ -62,10 +71,37 @@ class ExponentialDecay:
 
 
 @dataclass
+class LionSettings:
+    """tiny-cuda-nn's ``Lion``: ``w -= lr (sign(beta1 m + (1 - beta1) g) + weight_decay w)``, then
+    ``m = beta2 m + (1 - beta2) g``."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDSettings:
+    """tiny-cuda-nn's ``SGD``: ``w -= lr (g + l2_reg w)``."""
+
+    learning_rate: float = 1e-3
+    l2_reg: float = 1e-8
+
+
+@dataclass
 class OptimizerSettings:
-    adam: AdamSettings
+    """``base``: the innermost optimizer's settings (Adam, Lion or SGD), wrapped by a learning-rate
+    ``decay`` and an ``ema_decay`` when the config nests them."""
+
+    base: AdamSettings | LionSettings | SGDSettings
     decay: ExponentialDecay | None = None
     ema_decay: float | None = None
+
+    @property
+    def adam(self) -> AdamSettings | LionSettings | SGDSettings:
+        """The same as ``base`` (the name from when Adam was the only choice)."""
+        return self.base
 
 
 def parse_optimizer_config(config: Mapping[str, Any] | None) -> OptimizerSettings:
@@ -73,7 +109,10 @@ def parse_optimizer_config(config: Mapping[str, Any] | None) -> OptimizerSetting
     config = config or {"otype": "Adam"}
     decay, ema = None, None
     while True:
-        otype = require_choice(otype_of(config, "optimizer"), OPTIMIZER_OTYPES, "otype", "optimizer")
+        otype = otype_of(config, "optimizer")
+        if otype.lower() in (name.lower() for name in UNSUPPORTED_OPTIMIZERS):
+            raise ConfigError(f"optimizer otype {otype!r} is not supported; use one of {list(OPTIMIZER_OTYPES)}")
+        otype = require_choice(otype, OPTIMIZER_OTYPES, "otype", "optimizer")
         what = f"optimizer {otype!r}"
         if otype == "Ema":
             c = with_defaults(config, {"decay": 0.99, "nested": None}, what, {"full_precision"})
@@ -86,6 +125,10 @@ def parse_optimizer_config(config: Mapping[str, Any] | None) -> OptimizerSetting
                 require_float(c["decay_base"], "decay_base", what, 0.0),
                 require_int(c["decay_end"], "decay_end", what, 0),
             )
+        elif otype == "Lion":
+            return OptimizerSettings(_parse_lion(config), decay, ema)
+        elif otype == "SGD":
+            return OptimizerSettings(_parse_sgd(config), decay, ema)
         else:
             return OptimizerSettings(_parse_adam(config), decay, ema)
         if not isinstance(c["nested"], Mapping):
@@ -112,6 +155,24 @@ def _parse_adam(config: Mapping[str, Any]) -> AdamSettings:
         optimize_network=bool(c["optimize_matrix_params"]),
         optimize_encoding=bool(c["optimize_non_matrix_params"]),
     )
+
+
+def _parse_lion(config: Mapping[str, Any]) -> LionSettings:
+    what = "optimizer 'Lion'"
+    c = with_defaults(config, LION_DEFAULTS, what)
+    return LionSettings(
+        learning_rate=require_float(c["learning_rate"], "learning_rate", what, 0.0),
+        beta1=require_float(c["beta1"], "beta1", what, 0.0, 1.0),
+        beta2=require_float(c["beta2"], "beta2", what, 0.0, 1.0),
+        weight_decay=require_float(c["weight_decay"], "weight_decay", what, 0.0),
+    )
+
+
+def _parse_sgd(config: Mapping[str, Any]) -> SGDSettings:
+    what = "optimizer 'SGD'"
+    c = with_defaults(config, SGD_DEFAULTS, what)
+    return SGDSettings(learning_rate=require_float(c["learning_rate"], "learning_rate", what, 0.0),
+                       l2_reg=require_float(c["l2_reg"], "l2_reg", what, 0.0))
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -175,6 +236,32 @@ def _adam_kernel_for(tensors: tuple[torch.Tensor, ...]):
     return reference_adam.adam_step_
 
 
+class Lion(torch.optim.Optimizer):
+    """tiny-cuda-nn's Lion step (plain PyTorch; see :class:`LionSettings`).
+
+    Example:
+        >>> opt = Lion(model.parameters(), lr=3e-3)
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                avg = state["exp_avg"]
+                p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.sub_(group["lr"] * torch.sign(beta1 * avg + (1.0 - beta1) * p.grad))
+                avg.mul_(beta2).add_(p.grad, alpha=1.0 - beta2)
+
+
 class ExponentialMovingAverage:
     """EMA of a model's parameters, for evaluation: ``avg = decay * avg + (1 - decay) * param``.
 
@@ -225,24 +312,35 @@ class Optimizer:
     def __init__(self, model: nn.Module, settings: OptimizerSettings):
         self.settings = settings
         encoding_params, network_params = split_parameters(model)
-        a = settings.adam
-        groups = []
-        if a.optimize_encoding and encoding_params:
-            groups.append({"params": encoding_params, "l2_reg": 0.0, "skip_zero_grads": True,
-                           "lr_factor": a.encoding_learning_rate_factor})
-        if a.optimize_network and network_params:
-            groups.append({"params": network_params, "l2_reg": a.l2_reg, "skip_zero_grads": False})
-        if not groups:
-            raise ConfigError("optimizer: nothing to optimise (no parameters, or both optimize_* flags false)")
-        self.adam = Adam(groups, lr=a.learning_rate, betas=(a.beta1, a.beta2), eps=a.epsilon)
         params = encoding_params + network_params
+        #: The inner torch optimizer (Adam, or Lion / SGD); named ``adam`` for the code that predates them.
+        self.adam = self._inner(settings.base, encoding_params, network_params)
         self.ema = ExponentialMovingAverage(params, settings.ema_decay) if settings.ema_decay else None
         self.n_steps = 0
+
+    @staticmethod
+    def _inner(base, encoding_params, network_params) -> torch.optim.Optimizer:
+        if not encoding_params + network_params:
+            raise ConfigError("optimizer: nothing to optimise (the model has no trainable parameters)")
+        if isinstance(base, LionSettings):
+            return Lion(encoding_params + network_params, lr=base.learning_rate, betas=(base.beta1, base.beta2),
+                        weight_decay=base.weight_decay)
+        if isinstance(base, SGDSettings):
+            return torch.optim.SGD(encoding_params + network_params, lr=base.learning_rate, weight_decay=base.l2_reg)
+        groups = []
+        if base.optimize_encoding and encoding_params:
+            groups.append({"params": encoding_params, "l2_reg": 0.0, "skip_zero_grads": True,
+                           "lr_factor": base.encoding_learning_rate_factor})
+        if base.optimize_network and network_params:
+            groups.append({"params": network_params, "l2_reg": base.l2_reg, "skip_zero_grads": False})
+        if not groups:
+            raise ConfigError("optimizer: nothing to optimise (no parameters, or both optimize_* flags false)")
+        return Adam(groups, lr=base.learning_rate, betas=(base.beta1, base.beta2), eps=base.epsilon)
 
     @property
     def learning_rate(self) -> float:
         factor = self.settings.decay.factor(self.n_steps) if self.settings.decay else 1.0
-        return self.settings.adam.learning_rate * factor
+        return self.settings.base.learning_rate * factor
 
     def zero_grad(self) -> None:
         self.adam.zero_grad(set_to_none=True)
@@ -275,5 +373,9 @@ class Optimizer:
 
 
 def build_optimizer(config: Mapping[str, Any] | None, model: nn.Module) -> Optimizer:
-    """An :class:`Optimizer` for ``model`` from a tiny-cuda-nn optimizer config (``Adam`` by default)."""
+    """An :class:`Optimizer` for ``model`` from a tiny-cuda-nn optimizer config (``Adam`` by default).
+
+    Example:
+        >>> optimizer = build_optimizer({"otype": "Lion", "learning_rate": 3e-3}, model)
+    """
     return Optimizer(model, parse_optimizer_config(config))

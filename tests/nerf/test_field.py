@@ -104,14 +104,33 @@ def test_trunc_exp_is_bounded_with_useful_gradients():
     assert torch.isfinite(x.grad).all() and (x.grad > 0).all()
 
 
-def test_instant_ngp_config_loads_with_a_warning_about_ignored_sections():
-    with pytest.warns(UserWarning, match="distortion_map, envmap"):
+def test_instant_ngp_config_loads_and_keeps_its_inactive_sections():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # accepted as instant-ngp does (features off by default): no warning
         config = parse_nerf_config(INSTANT_NGP_BASE)
-    assert "envmap" not in config and config["encoding"]["n_features_per_level"] == 8
+    assert config["envmap"] == INSTANT_NGP_BASE["envmap"] and config["encoding"]["n_features_per_level"] == 8
     field = NerfField(UNIT_AABB, config=config)
     assert field.encoding.n_output_dims == 48 and field.dir_encoding.n_output_dims == 16
     sigma, rgb = field(torch.rand(4, 3), unit_directions(4))
     assert rgb.shape == (4, 3)
+
+
+@pytest.mark.parametrize("section, value, words", [
+    ("distortion_map", {"resolution": [32]}, "resolution"),
+    ("distortion_map", {"resolutoin": [32, 32]}, "resolutoin"),
+    ("distortion_map", {"optimizer": {"otype": "Adamm"}}, "Adamm"),
+    ("envmap", {"loss": {"otype": "L3"}}, "L3"),
+    ("envmap", {"optimizer": {"otype": "Ema", "nested": {"otype": "Adamm"}}}, "Adamm"),
+    ("envmap", [1, 2], "'envmap' must be a JSON object"),
+])
+def test_inactive_sections_are_validated(section, value, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_nerf_config({**INSTANT_NGP_BASE, section: value})
+
+
+def test_takikawa_is_refused_for_a_nerf():
+    with pytest.raises(ConfigError, match="Takikawa.*SDF"):
+        NerfField(UNIT_AABB, config={"encoding": {"otype": "Takikawa"}})
 
 
 def test_config_file_with_comments_loads(tmp_path):

@@ -1,7 +1,7 @@
 """What every ``ngp`` command shares: its options (defined once, here) and its error reporting.
 
 Every training command takes ``--out --seconds --steps --config --seed --resume --force --device
---precision --checkpoint-every --eval-at --quiet``; every command that reads a run takes the run folder.
+--precision --checkpoint-every --eval-at --quiet --viewer --host --port``; every command that reads a run takes the run folder.
 Errors that are the user's to fix (a missing file, a bad value, an unknown config key, a run folder in
 the way) print one line, ``error: ...``, and exit with 1; Ctrl-C during training exits with 130 after
 saving (SIGTERM: 143); Ctrl-C elsewhere exits with 130 and no traceback.
@@ -98,14 +98,26 @@ EvalAt = Annotated[Optional[str], typer.Option("--eval-at", help="Also evaluate 
                                                "300,600 (seconds, counted over all sessions of the run).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Run = Annotated[Path, typer.Argument(help="Run folder written by a training command.", show_default=False)]
+ViewerFlag = Annotated[bool, typer.Option("--viewer", help="Serve the live web viewer while training (URL printed; "
+                                          "see --host/--port).")]
+Host = Annotated[str, typer.Option("--host", help="Viewer address to listen on: 127.0.0.1 is this machine only; "
+                                   "0.0.0.0 makes it reachable from other machines.")]
+Port = Annotated[int, typer.Option("--port", help="Viewer port.")]
 
 
 def train_request(out: Path, seconds: float | None, steps: int | None, config: Path | None, seed: int | None,
                   resume: bool, force: bool, device: str, precision: str, checkpoint_every: float | None,
-                  eval_at: str | None, quiet: bool, **primitive_options) -> TrainRequest:
+                  eval_at: str | None, quiet: bool, viewer: bool = False, host: str = "127.0.0.1",
+                  port: int = 8080, **primitive_options) -> TrainRequest:
     """The shared options as a :class:`~ngp.train.session.TrainRequest`; ``primitive_options`` are
     further ``training`` keys (None = not given)."""
+    from ngp.train.session import ViewerAddress
+    from ngp.viewer.server import check_host
+
     overrides = {"seconds": seconds, "steps": steps, "seed": seed, "checkpoint_every": checkpoint_every,
                  "eval_at": eval_times(eval_at), **primitive_options}
+    if viewer:
+        check_host(host, port)
     return TrainRequest(out=out, config=config, overrides=overrides, resume=resume, force=force, device=device,
-                        precision=precision, progress=not quiet)
+                        precision=precision, progress=not quiet,
+                        viewer=ViewerAddress(host, port) if viewer else None)

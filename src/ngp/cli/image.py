@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Out, Precision, Quiet, Resume, Run,
-                            Seconds, Seed, Steps, log, new_app, reporting, train_request)
+from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Host, Out, Port, Precision, Quiet, Resume,
+                            Run, Seconds, Seed, Steps, ViewerFlag, log, new_app, reporting, train_request)
 from ngp.io.images import BUILTIN_IMAGES
 
 app = new_app("Fit an image with a multiresolution hash encoding, and render the fitted model at any size.")
@@ -23,6 +23,7 @@ def fit(
     seconds: Seconds = None, steps: Steps = None, config: Config = None, seed: Seed = None,
     resume: Resume = False, force: Force = False, device: Device = "auto", precision: Precision = "auto",
     checkpoint_every: CheckpointEvery = None, eval_at: EvalAt = None, quiet: Quiet = False,
+    viewer: ViewerFlag = False, host: Host = "127.0.0.1", port: Port = 8080,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Samples per step (default: "
                                                       "2^15 on a CPU, 2^18 on a GPU).")] = None,
     keep_alpha: Annotated[Optional[bool], typer.Option("--keep-alpha/--drop-alpha", help="Learn the alpha "
@@ -37,7 +38,7 @@ def fit(
 
     with reporting():
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=input_path(image),
+                                eval_at, quiet, viewer=viewer, host=host, port=port, data=input_path(image),
                                 batch_size=batch_size, keep_alpha=keep_alpha)
         metrics = train_run(PRIMITIVE, build_image_task, request, log=log)
         log(summary_line(metrics, out))

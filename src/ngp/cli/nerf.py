@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Out, Precision, Quiet, Resume, Run,
-                            Seconds, Seed, Steps, log, new_app, reporting, train_request)
+from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Host, Out, Port, Precision, Quiet, Resume,
+                            Run, Seconds, Seed, Steps, ViewerFlag, log, new_app, reporting, train_request)
 
 app = new_app("Train a neural radiance field from posed photos; evaluate, render and mesh it.")
 
@@ -28,6 +28,7 @@ def train(
     seconds: Seconds = None, steps: Steps = None, config: Config = None, seed: Seed = None,
     resume: Resume = False, force: Force = False, device: Device = "auto", precision: Precision = "auto",
     checkpoint_every: CheckpointEvery = None, eval_at: EvalAt = None, quiet: Quiet = False,
+    viewer: ViewerFlag = False, host: Host = "127.0.0.1", port: Port = 8080,
     downscale: Downscale = None,
     val_images: Annotated[Optional[int], typer.Option("--val-images", help="Validation frames rendered (val_XX.png) "
                                                       "and measured at --eval-at times and at the end (default: 3).")
@@ -49,8 +50,9 @@ def train(
 
     with reporting():
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=resolve_data(data), downscale=downscale, val_images=val_images,
-                                target_samples=batch_samples, holdout_every=holdout_every)
+                                eval_at, quiet, viewer=viewer, host=host, port=port, data=resolve_data(data),
+                                downscale=downscale, val_images=val_images, target_samples=batch_samples,
+                                holdout_every=holdout_every)
         metrics = train_run(PRIMITIVE, functools.partial(build_nerf_task, log=log), request, log=log,
                             ignored_sections=IGNORED_KEYS)
         log(summary_line(metrics, out))
@@ -110,3 +112,37 @@ def mesh(
 
     with reporting():
         mesh_run(run, out, resolution, threshold, progress=not quiet, device=device, log=log)
+
+
+@app.command(no_args_is_help=True)
+def prepare(
+    input: Annotated[Path, typer.Argument(help="A folder of photos (JPEG/PNG, all of one size) or a video file.",
+                                          show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Data set folder to write: transforms.json, images/, "
+                                      "points.ply, colmap/.", show_default=False)],
+    frames: Annotated[int, typer.Option("--frames", help="Video: frames to take, the sharpest of each stretch "
+                                        "(default: 100).", show_default=False)] = 100,
+    matcher: Annotated[str, typer.Option("--matcher", help="auto, exhaustive or sequential (default: auto: "
+                                         "exhaustive up to 150 photos, sequential for more and for video frames).",
+                                         show_default=False)] = "auto",
+    camera_model: Annotated[str, typer.Option("--camera-model", help="COLMAP camera model shared by all images: "
+                                              "OPENCV, PINHOLE, SIMPLE_PINHOLE, RADIAL or SIMPLE_RADIAL "
+                                              "(default: OPENCV).", show_default=False)] = "OPENCV",
+    max_image_size: Annotated[int, typer.Option("--max-image-size", help="Detect features on images scaled down "
+                                                "to this longest side, in pixels (default: 1600).",
+                                                show_default=False)] = 1600,
+    aabb_scale: Annotated[Optional[int], typer.Option("--aabb-scale", help="instant-ngp's aabb_scale, a power of "
+                                                      "two (default: the smallest holding 98% of the sparse "
+                                                      "points).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty --out.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Pose photos or video frames by structure from motion (COLMAP) and write instant-ngp's transforms.json.
+
+    Example: ngp nerf prepare photos/ --out data/mug && ngp nerf train data/mug --out runs/mug
+    """
+    from ngp.nerf.prepare import prepare_scene
+
+    with reporting():
+        prepare_scene(input, out, frames=frames, matcher=matcher, camera_model=camera_model,
+                      max_image_size=max_image_size, aabb_scale=aabb_scale, force=force, progress=not quiet, log=log)

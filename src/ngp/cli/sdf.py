@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Out, Precision, Quiet, Resume, Run,
-                            Seconds, Seed, Steps, log, new_app, reporting, train_request)
+from ngp.cli.common import (CheckpointEvery, Config, Device, EvalAt, Force, Host, Out, Port, Precision, Quiet, Resume,
+                            Run, Seconds, Seed, Steps, ViewerFlag, log, new_app, reporting, train_request)
 
 app = new_app("Learn a signed distance function from a mesh; extract and render its surface.")
 
@@ -29,6 +29,7 @@ def fit(
     seconds: Seconds = None, steps: Steps = None, config: Config = None, seed: Seed = None,
     resume: Resume = False, force: Force = False, device: Device = "auto", precision: Precision = "auto",
     checkpoint_every: CheckpointEvery = None, eval_at: EvalAt = None, quiet: Quiet = False,
+    viewer: ViewerFlag = False, host: Host = "127.0.0.1", port: Port = 8080,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Samples per step (default: "
                                                       "the config's, 2^16).")] = None,
     resolution: Resolution = 256,
@@ -48,7 +49,8 @@ def fit(
     with reporting():
         outputs = SDFOutputs(resolution, iou_resolution, (render_width, render_height))
         request = train_request(out, seconds, steps, config, seed, resume, force, device, precision, checkpoint_every,
-                                eval_at, quiet, data=input_path(mesh), batch_size=batch_size)
+                                eval_at, quiet, viewer=viewer, host=host, port=port, data=input_path(mesh),
+                                batch_size=batch_size)
         metrics = train_run(PRIMITIVE, functools.partial(build_sdf_task, outputs=outputs), request, log=log)
         log(summary_line(metrics, out))
 

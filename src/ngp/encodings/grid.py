@@ -1,8 +1,12 @@
-"""Multiresolution grid encodings: ``HashGrid`` (the paper's) and ``DenseGrid`` (no hashing).
+"""Multiresolution grid encodings: ``HashGrid`` (the paper's), ``DenseGrid`` (no hashing) and
+``TiledGrid`` (levels finer than the coarsest wrap around into as many rows as it has).
 
-Config keys are tiny-cuda-nn's, plus ``finest_resolution`` and ``storage_dtype`` (``"float32"`` or
-``"float16"``: the precision the table is *read* in; tiny-cuda-nn has no such key, it stores tables in
-half when built with half precision). The table parameter stays float32 either way.
+Config keys are tiny-cuda-nn's (``hash``: its five hash functions; ``fixed_point_pos``: accepted, no
+effect, see :data:`GRID_DEFAULTS`), plus ``finest_resolution``, ``reduction`` (how the levels are
+combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or ``"Product"``, elementwise over
+the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
+table is *read* in; tiny-cuda-nn has no such key, it stores tables in half when built with half
+precision). The table parameter stays float32 either way.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import torch
 from torch import nn
 
 from ngp.config import ConfigError, require_choice, require_float, require_int, with_defaults
-from ngp.encodings.base import Encoding, register_encoding
-from ngp.kernels.reference.hashgrid import INTERPOLATIONS, MAX_DIMS, GridLayout
+from ngp.encodings.base import NESTED_KEYS, Encoding, register_encoding, seeded_generator
+from ngp.kernels.reference.hashgrid import CONFIG_HASHES, INTERPOLATIONS, MAX_DIMS, GridLayout
 from ngp.ops.hashgrid import hash_grid_encode
 
 GRID_DEFAULTS = {
@@ -26,18 +30,27 @@ GRID_DEFAULTS = {
     "per_level_scale": None,  # tiny-cuda-nn's default, 2.0, unless finest_resolution is given
     "finest_resolution": None,  # N_max: derives per_level_scale = (N_max / N_min)^(1 / (L - 1))
     "interpolation": "Linear",
+    "hash": "CoherentPrime",  # tiny-cuda-nn's hash functions (ngp.kernels.reference.hashgrid)
+    # tiny-cuda-nn snaps positions to 32-bit fixed point on the GPU; accepted, no effect here: the
+    # kernels compute x * N_l in the coordinates' float type, as the reference does
+    "fixed_point_pos": False,
+    # tiny-cuda-nn's backward-only stochastic corner choice: only its default (off) is supported
+    "stochastic_interpolation": False,
+    "reduction": "Concatenation",  # ours (the paper's open question): "Sum" or "Product" over levels
     "storage_dtype": None,  # our extension: "float32" or "float16"; None: the parameter's dtype
 }
+#: How a grid combines its levels' feature vectors.
+REDUCTIONS = ("Concatenation", "Sum", "Product")
+#: tiny-cuda-nn's grid types (the ``type`` key of ``otype: "Grid"``).
+GRID_TYPES = ("Hash", "Dense", "Tiled")
 #: ``storage_dtype`` config values.
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-#: Parameter dtypes: float16 would not survive Adam (``eps = 1e-15``, squared gradients); store in half instead.
-PARAMETER_DTYPES = (torch.float32, torch.float64)
 #: Initial table values are drawn from U(-INIT_SCALE, INIT_SCALE), as in the paper.
 INIT_SCALE = 1e-4
 
 
-def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], hashed: bool, what: str) -> GridLayout:
-    """Validate a grid config and compute its :class:`GridLayout`."""
+def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], grid_type: str, what: str) -> GridLayout:
+    """Validate a grid config and compute its :class:`GridLayout` (``grid_type``: one of :data:`GRID_TYPES`)."""
     if not 1 <= n_input_dims <= MAX_DIMS:
         raise ConfigError(f"{what}: n_input_dims={n_input_dims} not supported (1 to {MAX_DIMS})")
     levels = require_int(config["n_levels"], "n_levels", what, 1, 64)
@@ -53,7 +66,14 @@ def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], hashed
         finest = require_float(finest, "finest_resolution", what, base)
         scale = math.exp(math.log(finest / base) / (levels - 1)) if levels > 1 else 1.0
     scale = require_float(2.0 if scale is None else scale, "per_level_scale", what, 1.0)
-    return GridLayout.create(n_input_dims, levels, features, log2_size, base, scale, hash=hashed)
+    hash_function = require_choice(config["hash"], CONFIG_HASHES, "hash", what)
+    if not isinstance(config["fixed_point_pos"], bool):
+        raise ConfigError(f"{what}: fixed_point_pos must be true or false, got {config['fixed_point_pos']!r}")
+    if config["stochastic_interpolation"] is not False:
+        raise ConfigError(f"{what}: stochastic_interpolation={config['stochastic_interpolation']!r} is not supported "
+                          "(only false, tiny-cuda-nn's default)")
+    return GridLayout.create(n_input_dims, levels, features, log2_size, base, scale, hash=grid_type == "Hash",
+                             hash_function=hash_function, tiled=grid_type == "Tiled")
 
 
 def storage_dtype_from(config_value: Any, keyword: Any, what: str) -> torch.dtype | None:
@@ -83,76 +103,122 @@ class Grid(Encoding):
     """A multiresolution grid of learned features; see :mod:`ngp.kernels.reference.hashgrid`.
 
     Inputs are expected in ``[0, 1]^d``; values outside are clamped to the unit cube (their gradient
-    is zero), NaN raises. Output: ``[N, n_levels * n_features_per_level]``, coarsest level first, in
-    the parameter's dtype.
+    is zero), NaN raises. Output: ``[N, n_levels * n_features_per_level]``, coarsest level first
+    (``[N, n_features_per_level]`` with ``"reduction": "Sum"`` or ``"Product"``), in the parameter's
+    dtype (float16 for ``dtype=torch.float16``).
 
     Args:
         n_input_dims: ``d``, 1 to 4.
         encoding_config: tiny-cuda-nn keys (see :data:`GRID_DEFAULTS`), incl. ``"storage_dtype"``.
-        dtype: the table parameter's dtype, float32 (default) or float64.
+        seed: initialise the table from this seed (tiny-cuda-nn's ``seed=``); ``None``: torch's RNG.
+        dtype: ``torch.float32`` (default) or ``torch.float64``: the table parameter's dtype;
+            ``torch.float16`` (tiny-cuda-nn's half precision): a float32 parameter read in float16
+            (``storage_dtype``) and a float16 output.
         storage_dtype: ``torch.float16`` / ``torch.float32`` (or ``"float16"`` / ``"float32"``): the
             precision the table is read in, for an absent config key; if the config also gives one,
             they must agree. Default: the parameter's dtype. With float16 the parameter stays float32
             (the master copy Adam updates); each call reads a float16 copy of it, and its gradient
             is straight-through (:func:`ngp.ops.hash_grid_encode`).
+
+    Example:
+        >>> grid = Encoding(3, {"otype": "HashGrid", "n_levels": 8, "hash": "Prime", "reduction": "Sum"})
+        >>> grid(torch.rand(4, 3)).shape
+        torch.Size([4, 2])
     """
 
-    hashed = True
+    grid_type = "Hash"
 
     def __init__(
         self,
         n_input_dims: int,
         encoding_config: Mapping[str, Any] | None = None,
-        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        dtype: torch.dtype | None = None,
         storage_dtype: torch.dtype | str | None = None,
     ):
-        super().__init__(n_input_dims)
+        super().__init__(n_input_dims, seed=seed, dtype=dtype)
         what = f"encoding {type(self).__name__!r}"
-        is_generic = type(self) is Grid  # otype "Grid" picks hashing with "type", as in tiny-cuda-nn
+        is_generic = type(self) is Grid  # otype "Grid" picks the grid type with "type", as in tiny-cuda-nn
         defaults = {**GRID_DEFAULTS, "type": "Hash"} if is_generic else GRID_DEFAULTS
-        config = with_defaults(encoding_config or {}, defaults, what, allowed={"n_dims_to_encode"})
+        config = with_defaults(encoding_config or {}, defaults, what, allowed=NESTED_KEYS)
         if is_generic:
-            self.hashed = require_choice(config["type"], ("Hash", "Dense"), "type", what) == "Hash"
+            self.grid_type = require_choice(config["type"], GRID_TYPES, "type", what)
         self.interpolation = require_choice(config["interpolation"], INTERPOLATIONS, "interpolation", what)
-        self.layout = grid_layout_from_config(n_input_dims, config, self.hashed, what)
-        self.n_output_dims = self.layout.n_output_dims
-        if dtype not in PARAMETER_DTYPES:
-            raise TypeError(f"{what}: dtype={dtype} is not a parameter dtype; use float32 and storage_dtype=float16")
-        storage = storage_dtype_from(config["storage_dtype"], storage_dtype, what)
+        self.reduction = require_choice(config["reduction"], REDUCTIONS, "reduction", what)
+        self.layout = grid_layout_from_config(n_input_dims, config, self.grid_type, what)
+        concatenated = self.reduction == "Concatenation"
+        self.n_output_dims = self.layout.n_output_dims if concatenated else self.layout.n_features
+        parameter_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        half = torch.float16 if self.dtype == torch.float16 else None
+        keyword = storage_dtype if storage_dtype is not None else half  # dtype=float16: read the table in half
+        storage = storage_dtype_from(config["storage_dtype"], keyword, what)
         #: The dtype the table is read in; None: the parameter's (also after ``.double()``).
-        self.storage_dtype = None if storage == dtype else storage
-        table = torch.empty(self.layout.n_rows, self.layout.n_features, dtype=dtype)
-        self.table = nn.Parameter(table.uniform_(-INIT_SCALE, INIT_SCALE))
+        self.storage_dtype = None if storage == parameter_dtype else storage
+        table = torch.empty(self.layout.n_rows, self.layout.n_features, dtype=parameter_dtype)
+        self.table = nn.Parameter(table.uniform_(-INIT_SCALE, INIT_SCALE, generator=seeded_generator(seed)))
+
+    @property
+    def hashed(self) -> bool:
+        return self.grid_type == "Hash"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         # Coordinates in the parameter's dtype (float32), never the storage's: float16 has 11
         # significant bits, too few to resolve the cells of a 2048-per-axis level.
-        return hash_grid_encode(
+        features = hash_grid_encode(
             x.to(self.table.dtype), self.table, self.layout, self.interpolation, self.storage_dtype
         )
+        return self.output(reduce_levels(features, self.layout.n_features, self.reduction))
 
     def extra_repr(self) -> str:
         l = self.layout
         stored = self.storage_dtype not in (None, self.table.dtype)
         storage = f", storage={str(self.storage_dtype).removeprefix('torch.')}" if stored else ""
+        hashing = f", hash={l.hash_function}" if l.hash_function != "CoherentPrime" else ""
+        reduction = f", reduction={self.reduction}" if self.reduction != "Concatenation" else ""
         return (
             f"{super().extra_repr()}, levels={l.n_levels}, features={l.n_features}, "
             f"resolutions={l.resolutions[0]}..{l.resolutions[-1]}, hashed_levels={sum(l.hashed)}, "
-            f"rows={l.n_rows}, interpolation={self.interpolation}{storage}"
+            f"rows={l.n_rows}, interpolation={self.interpolation}{hashing}{reduction}{storage}"
         )
+
+
+def reduce_levels(features: torch.Tensor, n_features: int, reduction: str) -> torch.Tensor:
+    """``[N, L*F]`` level features -> the same (``"Concatenation"``) or ``[N, F]``: their elementwise
+    ``"Sum"`` or ``"Product"`` over the ``L`` levels (differentiable by autograd, on every backend).
+
+    Example:
+        >>> reduce_levels(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 2, "Sum")
+        tensor([[4., 6.]])
+    """
+    if reduction == "Concatenation":
+        return features
+    per_level = features.reshape(features.shape[0], -1, n_features)
+    if reduction == "Sum":
+        return per_level.sum(dim=1)
+    if reduction == "Product":
+        return per_level.prod(dim=1)
+    raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
 
 
 @register_encoding("HashGrid")
 class HashGrid(Grid):
-    hashed = True
+    grid_type = "Hash"
 
 
 @register_encoding("DenseGrid")
 class DenseGrid(Grid):
     """The same grid without hashing: every level is indexed 1:1 (memory grows as N_l^d)."""
 
-    hashed = False
+    grid_type = "Dense"
+
+
+@register_encoding("TiledGrid")
+class TiledGrid(Grid):
+    """tiny-cuda-nn's tiled grid: each level has at most as many rows as the coarsest level has
+    vertices; a finer level's vertex goes to row ``dense index mod that size`` (the grid repeats)."""
+
+    grid_type = "Tiled"
 
 
 register_encoding("Grid")(Grid)

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from ngp.config import ConfigError, require_int, with_defaults
-from ngp.encodings.base import Encoding, register_encoding
+from ngp.encodings.base import NESTED_KEYS, Encoding, register_encoding
 
 
 def real_spherical_harmonics(directions: torch.Tensor, degree: int) -> torch.Tensor:
@@ -58,15 +58,16 @@ class SphericalHarmonics(Encoding):
     vector ``d``); they are mapped back with ``2 x - 1`` and used as they are (not re-normalised).
     """
 
-    def __init__(self, n_input_dims: int, encoding_config: Mapping[str, Any] | None = None):
-        super().__init__(n_input_dims)
+    def __init__(self, n_input_dims: int, encoding_config: Mapping[str, Any] | None = None, seed: int | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(n_input_dims, seed=seed, dtype=dtype)
         what = "encoding 'SphericalHarmonics'"
         if n_input_dims != 3:
             raise ConfigError(f"{what} needs 3 input dims (a direction), got {n_input_dims}")
-        config = with_defaults(encoding_config or {}, {"degree": 4}, what, {"n_dims_to_encode"})
+        config = with_defaults(encoding_config or {}, {"degree": 4}, what, NESTED_KEYS)
         self.degree = require_int(config["degree"], "degree", what, 1, 8)
         self.n_output_dims = self.degree**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return real_spherical_harmonics(x * 2.0 - 1.0, self.degree)
+        return self.output(real_spherical_harmonics(x * 2.0 - 1.0, self.degree))

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ngp.io.checkpoints import OLD_SUFFIX, load_checkpoint, save_checkpoint
+from ngp.io.checkpoints import META_FILE, OLD_SUFFIX, CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from ngp.io.files import prepare_output_dir, write_json
 
 CHECKPOINT_DIR = "checkpoint"
@@ -87,6 +87,17 @@ class RunFolder:
         if not run.has_checkpoint():
             raise FileNotFoundError(f"{path} holds no checkpoint: is it a run folder written by ngp?")
         return run
+
+    def primitive(self) -> str:
+        """Which primitive trained this run (``image``, ``sdf`` or ``nerf``), from its checkpoint's metadata."""
+        meta_file = find_checkpoint(self.path) / META_FILE
+        try:
+            primitive = json.loads(meta_file.read_text()).get("primitive")
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{meta_file} is unreadable: {error}") from None
+        if primitive not in ("image", "sdf", "nerf"):
+            raise CheckpointError(f"{meta_file} names no known primitive (got {primitive!r})")
+        return primitive
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_MARKERS)

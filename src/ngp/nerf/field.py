@@ -9,8 +9,9 @@
 
 Built from an instant-ngp ``configs/nerf/*.json``-shaped config with the keys ``loss``,
 ``optimizer``, ``encoding``, ``network``, ``dir_encoding``, ``rgb_network`` (defaults in
-``ngp/configs/nerf/base.json``, see :func:`parse_nerf_config`). As instant-ngp, a HashGrid
-without ``per_level_scale`` reaches the finest resolution ``2048 * aabb_scale``.
+``ngp/configs/nerf/base.json``, see :func:`parse_nerf_config`). As instant-ngp, a grid encoding
+without ``per_level_scale`` reaches the finest resolution ``2048 * aabb_scale``. instant-ngp's
+``distortion_map`` and ``envmap`` sections are validated and kept (see :data:`INACTIVE_SECTIONS`).
 
 Example::
 
@@ -22,20 +23,21 @@ Example::
 
 from __future__ import annotations
 
-import copy
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from ngp.config import ConfigError, otype_of, require_int, with_defaults
 from ngp.encodings import Encoding
+from ngp.losses import build_loss
 from ngp.networks import Network
+from ngp.optim import OPTIMIZER_OTYPES, UNSUPPORTED_OPTIMIZERS, parse_optimizer_config
 from ngp.train.settings import build_config, default_config
 
-__all__ = ["NerfField", "DEFAULT_CONFIG", "MODEL_KEYS", "model_config", "parse_nerf_config", "trunc_exp",
-           "DESIRED_RESOLUTION"]
+__all__ = ["NerfField", "DEFAULT_CONFIG", "INACTIVE_SECTIONS", "MODEL_KEYS", "check_inactive_sections", "model_config",
+           "parse_nerf_config", "trunc_exp", "DESIRED_RESOLUTION"]
 
 #: instant-ngp's finest hash-grid resolution for a unit aabb; multiplied by ``aabb_scale``.
 DESIRED_RESOLUTION = 2048
@@ -49,9 +51,16 @@ MODEL_KEYS = ("loss", "optimizer", "encoding", "network", "dir_encoding", "rgb_n
 #: The model sections of ``ngp/configs/nerf/base.json``, where the defaults live (read, not copied).
 DEFAULT_CONFIG: dict[str, Any] = {k: v for k, v in default_config("nerf").items() if k in MODEL_KEYS}
 CONFIG_KEYS = MODEL_KEYS
-#: instant-ngp sections for features this implementation does not have (learned lens distortion,
-#: environment map): accepted so that instant-ngp's own configs load, and reported as ignored.
-IGNORED_KEYS = ("distortion_map", "envmap")
+#: instant-ngp sections that configure two features its training switches on with flags that are off
+#: by default (``optimize_distortion``: a learned lens-distortion map; ``train_envmap``: a learned
+#: environment map). With the flags off instant-ngp trains as if the sections were absent, and so does
+#: ngp, which has neither feature nor the flags: the sections are validated (so a typo in one is an
+#: error), kept in the run's config, and change nothing (docs/compat.md).
+INACTIVE_SECTIONS = ("distortion_map", "envmap")
+#: The same, under the name ``ngp.train.settings.build_config(..., ignored_sections=...)`` callers use.
+IGNORED_KEYS = INACTIVE_SECTIONS
+#: Grid encodings whose finest resolution follows the scene's ``aabb_scale`` when not given.
+GRID_OTYPES = ("hashgrid", "densegrid", "tiledgrid", "grid")
 
 
 def parse_nerf_config(source: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -59,22 +68,61 @@ def parse_nerf_config(source: str | Path | Mapping[str, Any] | None = None) -> d
     ``ngp/configs/nerf/base.json`` by the one merge rule (:func:`ngp.train.settings.build_config`).
 
     Unknown top-level or ``training`` keys raise :class:`~ngp.config.ConfigError`; ``distortion_map``
-    and ``envmap`` (instant-ngp features not implemented here) are dropped with a warning. Model
-    sections are validated when the field and optimizer are built from them.
+    and ``envmap`` are checked (:func:`check_inactive_sections`). Model sections are validated when
+    the field and optimizer are built from them.
     """
-    config = build_config("nerf", source, ignored_sections=IGNORED_KEYS)
-    return drop_ignored_sections(config)
+    config = build_config("nerf", source, ignored_sections=INACTIVE_SECTIONS)
+    return check_inactive_sections(config)
+
+
+def check_inactive_sections(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate instant-ngp's ``distortion_map`` and ``envmap`` sections (see
+    :data:`INACTIVE_SECTIONS`); returns ``config`` unchanged. Raises ConfigError naming the key.
+
+    Example:
+        >>> check_inactive_sections({"distortion_map": {"resolution": [32]}})
+        ConfigError: nerf config 'distortion_map': resolution must be [width, height], got [32]
+    """
+    if "distortion_map" in config:
+        what = "nerf config 'distortion_map'"
+        section = with_defaults(_section(config, "distortion_map"), {"resolution": [32, 32], "optimizer": None}, what)
+        resolution = section["resolution"]
+        if not isinstance(resolution, list) or len(resolution) != 2:
+            raise ConfigError(f"{what}: resolution must be [width, height], got {resolution!r}")
+        for value in resolution:
+            require_int(value, "resolution", what, 1)
+        if section["optimizer"] is not None:
+            parse_optimizer_config(section["optimizer"])
+    if "envmap" in config:
+        what = "nerf config 'envmap'"
+        section = with_defaults(_section(config, "envmap"), {"loss": None, "optimizer": None}, what)
+        if section["loss"] is not None:
+            build_loss(section["loss"])
+        if section["optimizer"] is not None:
+            _check_optimizer_chain(section["optimizer"], f"{what} optimizer")
+    return config
+
+
+def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    if not isinstance(config[key], Mapping):
+        raise ConfigError(f"nerf config: {key!r} must be a JSON object, got {config[key]!r}")
+    return config[key]
+
+
+def _check_optimizer_chain(config: Any, what: str) -> None:
+    """Every ``otype`` of a nested optimizer config is one of tiny-cuda-nn's. Only the types: instant-ngp's
+    envmap optimizer carries Shampoo's keys on its Adam, which tiny-cuda-nn's Adam ignores."""
+    while config is not None:
+        otype = otype_of(config, what)
+        known = OPTIMIZER_OTYPES + UNSUPPORTED_OPTIMIZERS
+        if otype.lower() not in (name.lower() for name in known):
+            raise ConfigError(f"{what}: unknown optimizer otype {otype!r}; known: {list(known)}")
+        config = config.get("nested")
 
 
 def drop_ignored_sections(config: dict[str, Any]) -> dict[str, Any]:
-    """Remove (with a warning) the instant-ngp sections this implementation ignores."""
-    ignored = [k for k in IGNORED_KEYS if k in config]
-    if ignored:
-        warnings.warn(f"NeRF config: section(s) {', '.join(ignored)} are ignored (not implemented)",
-                      stacklevel=3)
-    for key in ignored:
-        del config[key]
-    return config
+    """The former name of :func:`check_inactive_sections` (which validates and keeps the sections)."""
+    return check_inactive_sections(config)
 
 
 def model_config(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -107,19 +155,6 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
 
 
-def _direction_encoding_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """instant-ngp's direction encoding is ``Composite[SH(3 dims), Identity(rest)]``, where the rest
-    are optional per-image latent dims. We have none, so a trailing nested encoding without
-    ``n_dims_to_encode`` that would get zero dims is dropped rather than rejected."""
-    config = copy.deepcopy(dict(config))
-    nested = config.get("nested")
-    if config.get("otype") == "Composite" and isinstance(nested, list) and len(nested) > 1:
-        counted = sum(int(n.get("n_dims_to_encode", 0)) for n in nested[:-1] if isinstance(n, Mapping))
-        if counted == 3 and isinstance(nested[-1], Mapping) and "n_dims_to_encode" not in nested[-1]:
-            config["nested"] = nested[:-1]
-    return config
-
-
 class NerfField(nn.Module):
     """Density and colour at points in the box ``aabb``.
 
@@ -135,12 +170,17 @@ class NerfField(nn.Module):
         super().__init__()
         config = model_config(config)
         encoding = dict(config["encoding"])
-        if encoding.get("otype") in ("HashGrid", "DenseGrid", "Grid") and \
+        if otype_of(encoding, "encoding").lower() == "takikawa":
+            raise ConfigError("nerf config 'encoding': otype 'Takikawa' is an SDF encoding (its octree is built "
+                              "around a mesh); a NeRF has no mesh to build it from")
+        if str(encoding.get("otype")).lower() in GRID_OTYPES and \
                 "per_level_scale" not in encoding and "finest_resolution" not in encoding:
             encoding["finest_resolution"] = DESIRED_RESOLUTION * aabb_scale
         self.encoding = Encoding(3, encoding)
         self.density_network = Network(self.encoding.n_output_dims, N_GEOMETRY_FEATURES, config["network"])
-        self.dir_encoding = Encoding(3, _direction_encoding_config(config["dir_encoding"]))
+        # instant-ngp's direction encoding ends with an Identity for optional per-image latent dims;
+        # there are none here, and Composite skips a nested encoding left with zero dims
+        self.dir_encoding = Encoding(3, config["dir_encoding"])
         self.rgb_network = Network(self.dir_encoding.n_output_dims + N_GEOMETRY_FEATURES, 3,
                                    config["rgb_network"])
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)

@@ -41,7 +41,7 @@ from types import ModuleType
 import torch
 
 from ngp.kernels.reference import hashgrid as reference
-from ngp.kernels.reference.hashgrid import INTERPOLATIONS, GridLayout
+from ngp.kernels.reference.hashgrid import HASH_FUNCTIONS, INTERPOLATIONS, GridLayout
 from ngp.ops.backend import backend_for
 
 #: Kernel families by backend name: module path, imported on first use.
@@ -69,9 +69,13 @@ def _kernels_for(x: torch.Tensor) -> ModuleType:
     return _kernels(name)
 
 
-def _layout(x: torch.Tensor, table: torch.Tensor, resolutions, offsets, hashed) -> GridLayout:
+_HASH_NAMES = {code: name for name, code in HASH_FUNCTIONS.items()}
+
+
+def _layout(x: torch.Tensor, table: torch.Tensor, resolutions, offsets, hashed, hash_code: int) -> GridLayout:
     """Rebuild the (hashable, cached-by-kernels) layout from the op's plain-list arguments."""
-    return GridLayout(x.shape[1], table.shape[1], tuple(resolutions), tuple(offsets), tuple(bool(h) for h in hashed))
+    return GridLayout(x.shape[1], table.shape[1], tuple(resolutions), tuple(offsets), tuple(bool(h) for h in hashed),
+                      _HASH_NAMES[hash_code])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,16 +90,17 @@ def _encode_op(
     resolutions: list[int],
     offsets: list[int],
     hashed: list[bool],
+    hash_code: int,
     interpolation: int,
     storage: torch.dtype,
 ) -> torch.Tensor:
-    layout = _layout(x, table, resolutions, offsets, hashed)
+    layout = _layout(x, table, resolutions, offsets, hashed, hash_code)
     stored = table.contiguous().to(storage)  # the one cast per call (a no-op without narrower storage)
     return _kernels_for(x).forward(x.contiguous(), stored, layout, interpolation)
 
 
 @_encode_op.register_fake
-def _(x, table, resolutions, offsets, hashed, interpolation, storage):
+def _(x, table, resolutions, offsets, hashed, hash_code, interpolation, storage):
     return x.new_empty(x.shape[0], len(resolutions) * table.shape[1])
 
 
@@ -107,12 +112,13 @@ def _encode_backward_op(
     resolutions: list[int],
     offsets: list[int],
     hashed: list[bool],
+    hash_code: int,
     interpolation: int,
     storage: torch.dtype,
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = _layout(x, table, resolutions, offsets, hashed)
+    layout = _layout(x, table, resolutions, offsets, hashed, hash_code)
     # The table gradient does not read table values: cast again only for the x-gradient.
     stored = table.contiguous().to(storage) if needs_x_grad else table.contiguous()
     grad_table, grad_x = _kernels_for(x).backward(
@@ -125,16 +131,17 @@ def _encode_backward_op(
 
 
 @_encode_backward_op.register_fake
-def _(grad_out, x, table, resolutions, offsets, hashed, interpolation, storage, needs_table_grad, needs_x_grad):
+def _(grad_out, x, table, resolutions, offsets, hashed, hash_code, interpolation, storage, needs_table_grad,
+      needs_x_grad):
     grad_table = table.new_empty(table.shape if needs_table_grad else (0,))
     grad_x = x.new_empty(x.shape if needs_x_grad else (0,))
     return grad_table, grad_x
 
 
 def _setup_context(ctx, inputs, output):
-    x, table, resolutions, offsets, hashed, interpolation, storage = inputs
+    x, table, resolutions, offsets, hashed, hash_code, interpolation, storage = inputs
     ctx.save_for_backward(x, table)  # the master, not the cast copy: no extra memory between passes
-    ctx.layout_args = (resolutions, offsets, hashed, interpolation, storage)
+    ctx.layout_args = (resolutions, offsets, hashed, hash_code, interpolation, storage)
 
 
 def _backward(ctx, grad_out):
@@ -144,6 +151,7 @@ def _backward(ctx, grad_out):
     return (
         grad_x if needs_x_grad else None,
         grad_table if needs_table_grad else None,
+        None,
         None,
         None,
         None,
@@ -223,7 +231,8 @@ def hash_grid_encode(
         x: ``[N, d]`` coordinates, ``d == layout.n_dims``; clamped to ``[0, 1]`` (zero gradient outside).
         table: ``[layout.n_rows, layout.n_features]`` parameters (the master copy: float32 or
             float64), same dtype and device as ``x``.
-        layout: the grid's geometry (:class:`ngp.kernels.reference.hashgrid.GridLayout`).
+        layout: the grid's geometry (:class:`ngp.kernels.reference.hashgrid.GridLayout`), its hash
+            function included (``layout.hash_function``; every backend implements all of them).
         interpolation: ``"Linear"``, ``"Smoothstep"`` or ``"Nearest"``.
         storage_dtype: the precision the table's values are read in: ``None`` (``table.dtype``),
             ``torch.float16`` or ``torch.float32``. Values are rounded to it; features and both
@@ -248,6 +257,7 @@ def hash_grid_encode(
         list(layout.resolutions),
         list(layout.offsets),
         list(layout.hashed),
+        HASH_FUNCTIONS[layout.hash_function],
         INTERPOLATIONS[interpolation],
         storage,
     )

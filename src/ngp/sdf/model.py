@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from ngp.config import otype_of
+from ngp.encodings import Takikawa
 from ngp.io.checkpoints import CheckpointError, load_checkpoint
-from ngp.io.meshes import MeshNormalization
+from ngp.io.meshes import Mesh, MeshNormalization
 from ngp.networks import NetworkWithInputEncoding
 from ngp.train.precision import resolve_device
 
@@ -42,14 +43,34 @@ def sdf_encoding_config(encoding: Mapping[str, Any]) -> dict[str, Any]:
     return encoding
 
 
+def surface_test(mesh: Mesh):
+    """``touches(centres [M, 3], half_size) -> bool [M]`` for a Takikawa octree: whether a cube may
+    meet the mesh (unit-cube coordinates). Conservative: the cube's circumscribed sphere meets it
+    (distance from the centre to the nearest triangle at most ``sqrt(3) * half_size``); instant-ngp
+    tests the cube itself, so this keeps somewhat more cells near the surface.
+
+    Example:
+        >>> touches = surface_test(unit_mesh)
+        >>> touches(np.array([[0.5, 0.5, 0.5]]), 0.5)   # the unit cube holds the mesh
+        array([ True])
+    """
+    from ngp.sdf.sampling import MeshSDF
+
+    distance = MeshSDF(mesh.vertices, mesh.faces)
+    return lambda centres, half_size: distance.unsigned_distance(centres) <= np.sqrt(3.0) * half_size
+
+
 class NeuralSDF(nn.Module):
     """A signed distance function ``[N, 3] -> [N]`` learned from a mesh.
 
     Args:
-        encoding_config: tiny-cuda-nn encoding config (``HashGrid`` as in instant-ngp's ``base.json``).
+        encoding_config: tiny-cuda-nn encoding config (``HashGrid`` as in instant-ngp's ``base.json``;
+            instant-ngp's ``Takikawa`` octree encoding builds its octree around ``mesh``).
         network_config: tiny-cuda-nn network config (1 output).
         normalization: mesh units <-> unit cube (identity-like ``center=(.5,.5,.5), scale=1`` by default).
         aabb: ``[2, 3]`` the region of the unit cube the mesh occupies (where the SDF was trained).
+        mesh: the mesh in the unit cube, for a ``Takikawa`` encoding's octree (a model that will load a
+            checkpoint needs none: the octree is in its state dict).
     """
 
     def __init__(
@@ -58,11 +79,14 @@ class NeuralSDF(nn.Module):
         network_config: Mapping[str, Any],
         normalization: MeshNormalization | None = None,
         aabb: np.ndarray | None = None,
+        mesh: Mesh | None = None,
     ):
         super().__init__()
         self.encoding_config = sdf_encoding_config(encoding_config)
         self.network_config = dict(network_config)
         self.field = NetworkWithInputEncoding(3, 1, self.encoding_config, self.network_config)
+        if isinstance(self.field.encoding, Takikawa) and mesh is not None:
+            self.field.encoding.build_octree(surface_test(mesh))
         self.normalization = normalization or MeshNormalization((0.5, 0.5, 0.5), 1.0)
         box = np.array([[0.0] * 3, [1.0] * 3]) if aabb is None else np.asarray(aabb, dtype=np.float64)
         if box.shape != (2, 3) or not (box[1] > box[0]).all():
@@ -138,4 +162,4 @@ class NeuralSDF(nn.Module):
         return model.to(resolve_device(device)).eval()
 
 
-__all__ = ["NeuralSDF", "SDF_FINEST_RESOLUTION", "sdf_encoding_config"]
+__all__ = ["NeuralSDF", "SDF_FINEST_RESOLUTION", "sdf_encoding_config", "surface_test"]

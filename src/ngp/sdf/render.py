@@ -163,6 +163,13 @@ def render_sdf(sdf, width: int = 512, height: int = 512, azimuth: float = 30.0, 
     if normals not in NORMALS:
         raise ValueError(f"normals {normals!r} is not supported; expected one of {NORMALS}")
     camera = framing_camera(sdf, width, height, azimuth, elevation, fov_degrees)
+    return render_view(sdf, camera, mode, normals)
+
+
+def render_view(sdf, camera: Cameras, mode: str = "shaded", normals: str = "finite_difference") -> np.ndarray:
+    """Render a :class:`~ngp.sdf.model.NeuralSDF` through a one-view ``camera`` (unit-cube coordinates)
+    -> ``[height, width, 3]`` uint8 (the live viewer renders any camera with this)."""
+    width, height = int(camera.width[0]), int(camera.height[0])
     origins, directions = camera_rays(camera)
     hit, positions = sphere_trace(sdf, origins, directions, pixel_radius=PIXEL_FRACTION / float(camera.fx[0]))
     image = np.tile(BACKGROUND, (width * height, 1))
@@ -187,5 +194,5 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 __all__ = [
     "FD_NORMALS_EPSILON", "LIGHTS", "NORMALS", "RENDER_MODES", "camera_axes", "camera_rays", "framing_camera",
-    "render_sdf", "shade", "sphere_trace", "surface_normals", "write_png",
+    "render_sdf", "render_view", "shade", "sphere_trace", "surface_normals", "write_png",
 ]

@@ -105,7 +105,7 @@ class SDFTask:
         unit_mesh, normalization = normalize_mesh(mesh)
         self.aabb = mesh_aabb(unit_mesh.vertices)
         self.amp = MixedPrecision(device, precision)
-        self.model = NeuralSDF(config["encoding"], config["network"], normalization, self.aabb).to(device)
+        self.model = NeuralSDF(config["encoding"], config["network"], normalization, self.aabb, unit_mesh).to(device)
         self.loss_fn = build_loss(config["loss"])
         self.optimizer = build_optimizer(config["optimizer"], self.model)
         self.gt = MeshSDF(unit_mesh.vertices, unit_mesh.faces)

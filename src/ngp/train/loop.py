@@ -45,7 +45,7 @@ from ngp.io.runs import METRICS_FILE, RunFolder
 from ngp.train.precision import MixedPrecision
 from ngp.train.settings import LoopSettings
 
-__all__ = ["Batch", "Diverged", "Interrupted", "LoopState", "Task", "load_task_state", "load_trained_model", "train"]
+__all__ = ["Batch", "Diverged", "Interrupted", "LoopState", "Observer", "Task", "load_task_state", "load_trained_model", "train"]
 
 
 class Interrupted(Exception):
@@ -146,26 +146,36 @@ class LoopState:
 
 # ------------------------------------------------------------------------------------------- the loop
 def train(task: Task, run: RunFolder, settings: LoopSettings, state: LoopState | None = None,
-          progress: bool = True, log=print) -> dict[str, Any]:
+          progress: bool = True, log=print, observer: "Observer | None" = None) -> dict[str, Any]:
     """Train ``task`` for this session's budget; write checkpoints, outputs and ``metrics.json`` into ``run``.
 
-    ``state`` continues a resumed run (see :func:`load_task_state`). Returns the metrics written.
-    Raises :class:`Interrupted` after a clean stop on SIGINT/SIGTERM and :class:`Diverged` when the
-    loss stays non-finite.
+    ``state`` continues a resumed run (see :func:`load_task_state`). ``observer`` (e.g. the live viewer)
+    is called after every step. Returns the metrics written. Raises :class:`Interrupted` after a clean
+    stop on SIGINT/SIGTERM and :class:`Diverged` when the loss stays non-finite.
     """
     settings.check()
     state = state or LoopState()
-    session = Session(task, run, settings, state, progress, log)
+    session = Session(task, run, settings, state, progress, log, observer)
     with _stop_on_signals() as stop:
         session.loop(stop)
     return session.finish(stop.signum)
 
 
+class Observer(Protocol):
+    """Something that watches training between steps (the live viewer). Its time is not training time:
+    the ``seconds`` budget counts steps only, so a paused run keeps its budget."""
+
+    def after_step(self, session: "Session", figures: Mapping[str, float]) -> None: ...
+
+
 class Session:
     """One call of :func:`train`: the loop itself and its bookkeeping."""
 
-    def __init__(self, task: Task, run: RunFolder, settings: LoopSettings, state: LoopState, progress: bool, log):
+    def __init__(self, task: Task, run: RunFolder, settings: LoopSettings, state: LoopState, progress: bool, log,
+                 observer: Observer | None = None):
         self.task, self.run, self.settings, self.state, self.log = task, run, settings, state, log
+        self.observer = observer
+        self._stop: _SignalFlag | None = None
         self.start_step, self.start_seconds, self.start_samples = state.step, state.seconds, state.samples
         self.pending_evals = [t for t in settings.eval_at if t > state.seconds]
         self.bar = _ProgressBar(settings, enabled=progress)
@@ -178,8 +188,13 @@ class Session:
             return False
         return s.seconds is None or self.state.seconds - self.start_seconds < s.seconds
 
+    def stopping(self) -> bool:
+        """Whether a signal asked the loop to stop (an observer holding training, e.g. paused, must return)."""
+        return bool(self._stop and self._stop.signum)
+
     def loop(self, stop: "_SignalFlag") -> None:
         task, state = self.task, self.state
+        self._stop = stop
         task.model.train()
         skipped_in_a_row = 0
         while self.budget_left() and not stop.signum:
@@ -203,6 +218,8 @@ class Session:
             self.bar.update(self, figures)
             self._evaluate_if_due()
             self._checkpoint_if_due()
+            if self.observer is not None:
+                self.observer.after_step(self, figures)
         self.bar.close()
 
     def _diverged(self, batch: Batch) -> None:

@@ -44,6 +44,15 @@ class TrainRequest:
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
+    viewer: "ViewerAddress | None" = None
+
+
+@dataclass(frozen=True)
+class ViewerAddress:
+    """Where ``--viewer`` serves the live viewer (see :mod:`ngp.viewer`): this machine only by default."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
 
 
 def input_path(source: str | Path) -> str:
@@ -84,8 +93,19 @@ def train_run(primitive: str, build_task: BuildTask, request: TrainRequest, log=
     state = load_task_state(task, tensors, meta, run.checkpoint_dir) if request.resume else None
     if state is not None:
         log(f"resuming {run.path} at step {state.step} ({state.seconds:.0f} s trained)")
-    run.start()
-    return train(task, run, settings, state, progress=request.progress, log=log)
+    viewer = _start_viewer(task, request.viewer, log) if request.viewer else None
+    try:
+        run.start()
+        return train(task, run, settings, state, progress=request.progress, log=log, observer=viewer)
+    finally:
+        if viewer is not None:
+            viewer.close()
+
+
+def _start_viewer(task: Task, address: ViewerAddress, log):
+    from ngp.viewer import Viewer, view_from_task
+
+    return Viewer(view_from_task(task), address.host, address.port, training=True, log=log)
 
 
 def resumed_config(meta: Mapping[str, Any], request: TrainRequest, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,8 +39,10 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   helpers writing into arrays, measured 1.5-2x slower. Hashed levels there must have power-of-two
   sizes (a mask, not a division), as ``GridLayout.create`` makes them; anything else takes the
   generic path.
-* **Generic path** (any ``d`` in 1..4, any hashed size): one corner loop over scalar code for four
-  axes, unused axes neutral. Slower, same numbers.
+* **Generic path** (any ``d`` in 1..4, any hashed size, any hash function): one corner loop over
+  scalar code for four axes, unused axes neutral. Slower, same numbers. Hash functions other than the
+  default ``CoherentPrime`` (and ``TiledGrid``'s wrapped levels) always take it: the fast paths keep
+  their straight-line code.
 
 Per-level constants are built once per layout (:func:`constants`): ``meta``, ``int64 [L, 8]`` with
 columns ``RES, OFFSET, SIZE, HASHED, MASK, STRIDE1, STRIDE2, STRIDE3`` (``MASK`` is ``size - 1`` for
@@ -58,15 +60,31 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ngp.kernels.reference.hashgrid import INTERPOLATIONS, PRIMES, GridLayout
+from ngp.kernels.reference.hashgrid import (
+    BASE_CONVERT_FACTOR,
+    HASH_FUNCTIONS,
+    HASH_PRIMES,
+    INTERPOLATIONS,
+    MAX_DIMS,
+    PRIMES,
+    GridLayout,
+    pcg_jump_tables,
+)
 
 # Columns of ``meta`` (see ``level_table``).
 RES, OFFSET, SIZE, HASHED, MASK, STRIDE1, STRIDE2, STRIDE3 = range(8)
+
+# Hash kinds (``hash_constants(...)[0]``).
+COHERENT_PRIME, BASE_CONVERT, RNG, TILED = (HASH_FUNCTIONS[k] for k in ("CoherentPrime", "BaseConvert", "Rng", "Tiled"))
+# Rng's PCG32 jump-ahead tables (uint64), read by the kernels as compile-time constants.
+_PCG_MULTS, _PCG_PLUSES = (np.array(t, dtype=np.uint64) for t in pcg_jump_tables()[:2])
+_PCG_STATE0 = np.uint64(pcg_jump_tables()[2])
 
 NEAREST, LINEAR, SMOOTHSTEP = INTERPOLATIONS["Nearest"], INTERPOLATIONS["Linear"], INTERPOLATIONS["Smoothstep"]
 
 _P1, _P2, _P3 = PRIMES[1], PRIMES[2], PRIMES[3]  # PRIMES[0] == 1
 _MASK32 = 0xFFFFFFFF
+_DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
 
 # error_model="numpy": no ZeroDivisionError checks (and their branches) inside the loops.
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
@@ -402,7 +420,25 @@ def _backward_x_3d(x, table, grads, meta, scales, interp, grad_x, n_chunks):
 
 
 @njit(**_JIT)
-def _point_level(x, n, d, scale, lv, interp):
+def _axis_terms(c, hashing, axis, lv, hashed):
+    """Index terms (lower vertex, upper vertex) of one axis, combined over axes by :func:`_row`.
+
+    Dense levels and ``Tiled``: ``c * stride`` (summed); xor-of-products hashes: ``c * P mod 2^32``
+    (xored); ``BaseConvert``: ``c * m^(d - axis) mod 2^32`` (summed); ``Rng``: ``c << shift`` (xored,
+    then scrambled by :func:`_pcg_output`). ``hashing`` is :func:`hash_constants`'s array.
+    """
+    kind = hashing[0]
+    if not hashed or kind == TILED:
+        stride = 1 if axis == 0 else lv[STRIDE1 + axis - 1]
+        return c * stride, (c + 1) * stride
+    factor = hashing[1 + axis]
+    if kind == RNG:
+        return c << factor, (c + 1) << factor
+    return (c * factor) & _MASK32, ((c + 1) * factor) & _MASK32
+
+
+@njit(**_JIT)
+def _point_level(x, n, d, scale, lv, interp, hashing):
     """Index terms (lower, upper) and (w, dw/dx) of every axis for point ``n`` at one level.
 
     Axes ``i >= d`` get cell 0, weight 0 and zero index terms, so they change neither rows nor weights.
@@ -413,28 +449,53 @@ def _point_level(x, n, d, scale, lv, interp):
     c1, w1, g1 = _axis(x[n, 1], scale, res, interp) if d > 1 else (0, zero, zero)
     c2, w2, g2 = _axis(x[n, 2], scale, res, interp) if d > 2 else (0, zero, zero)
     c3, w3, g3 = _axis(x[n, 3], scale, res, interp) if d > 3 else (0, zero, zero)
-    if hashed:
+    if hashed and hashing[0] == COHERENT_PRIME:  # the default, without the generic term code
         t0, u0 = c0, c0 + 1
         t1, u1 = _hash_terms(c1, _P1)
         t2, u2 = _hash_terms(c2, _P2)
         t3, u3 = _hash_terms(c3, _P3)
     else:
-        t0, u0 = c0, c0 + 1
-        t1, u1 = c1 * lv[STRIDE1], (c1 + 1) * lv[STRIDE1]
-        t2, u2 = c2 * lv[STRIDE2], (c2 + 1) * lv[STRIDE2]
-        t3, u3 = c3 * lv[STRIDE3], (c3 + 1) * lv[STRIDE3]
+        t0, u0 = _axis_terms(c0, hashing, 0, lv, hashed)
+        t1, u1 = _axis_terms(c1, hashing, 1, lv, hashed) if d > 1 else (0, 0)
+        t2, u2 = _axis_terms(c2, hashing, 2, lv, hashed) if d > 2 else (0, 0)
+        t3, u3 = _axis_terms(c3, hashing, 3, lv, hashed) if d > 3 else (0, 0)
     return (t0, t1, t2, t3), (u0, u1, u2, u3), (w0, w1, w2, w3), (g0, g1, g2, g3)
 
 
 @njit(**_JIT)
-def _row(corner, t, u, lv):
+def _pcg_output(step):
+    """tiny-cuda-nn's ``Rng`` hash: PCG32 seeded with 1337, advanced ``step`` (uint64 bits of an
+    int64) steps, then its next 32-bit output. Jump-ahead tables: :func:`pcg_tables`."""
+    s = np.uint64(step)
+    acc_mult, acc_plus = np.uint64(1), np.uint64(0)
+    for k in range(64):
+        if (s >> np.uint64(k)) & np.uint64(1):
+            acc_mult = acc_mult * _PCG_MULTS[k]
+            acc_plus = acc_plus * _PCG_MULTS[k] + _PCG_PLUSES[k]
+    state = acc_mult * _PCG_STATE0 + acc_plus
+    xorshifted = ((state >> np.uint64(18)) ^ state) >> np.uint64(27)
+    xorshifted = xorshifted & np.uint64(_MASK32)
+    rot = state >> np.uint64(59)
+    out = (xorshifted >> rot) | (xorshifted << ((np.uint64(32) - rot) & np.uint64(31)))
+    return np.int64(out & np.uint64(_MASK32))
+
+
+@njit(**_JIT)
+def _row(corner, t, u, lv, kind):
     """Absolute table row of one corner: bit ``i`` of ``corner`` picks axis ``i``'s upper vertex."""
     a0 = u[0] if corner & 1 else t[0]
     a1 = u[1] if corner & 2 else t[1]
     a2 = u[2] if corner & 4 else t[2]
     a3 = u[3] if corner & 8 else t[3]
     if lv[HASHED]:
-        h = a0 ^ a1 ^ a2 ^ a3
+        if kind == TILED:
+            h = a0 + a1 + a2 + a3
+        elif kind == BASE_CONVERT:
+            h = (a0 + a1 + a2 + a3) & _MASK32
+        elif kind == RNG:
+            h = _pcg_output(a0 ^ a1 ^ a2 ^ a3)
+        else:
+            h = a0 ^ a1 ^ a2 ^ a3
         return lv[OFFSET] + (h & lv[MASK] if lv[MASK] >= 0 else h % lv[SIZE])
     return lv[OFFSET] + a0 + a1 + a2 + a3
 
@@ -452,17 +513,17 @@ def _factors(corner, w):
 
 
 @njit(parallel=True, **_JIT)
-def _forward_nd(x, table, meta, scales, interp, feats, d, out, n_chunks):
+def _forward_nd(x, table, meta, scales, interp, feats, d, out, n_chunks, hashing):
     for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
         for level in range(meta.shape[0]):
             lv, scale, feat = meta[level], scales[level], feats[level]
             for n in range(start, stop):
-                t, u, w, _ = _point_level(x, n, d, scale, lv, interp)
+                t, u, w, _ = _point_level(x, n, d, scale, lv, interp, hashing)
                 for f in range(table.shape[1]):
                     feat[n, f] = 0
                 for corner in range(1 << d):
-                    row = _row(corner, t, u, lv)
+                    row = _row(corner, t, u, lv, hashing[0])
                     f0, f1, f2, f3 = _factors(corner, w)
                     for f in range(table.shape[1]):
                         feat[n, f] += f0 * f1 * f2 * f3 * table[row, f]
@@ -470,7 +531,7 @@ def _forward_nd(x, table, meta, scales, interp, feats, d, out, n_chunks):
 
 
 @njit(parallel=True, **_JIT)
-def _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, d):
+def _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, d, hashing):
     for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
         for level in schedule[worker]:
             if level < 0:
@@ -478,26 +539,26 @@ def _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, d):
             lv, scale, g = meta[level], scales[level], grads[level]
             _zero_level(grad_table, lv)
             for n in range(x.shape[0]):
-                t, u, w, _ = _point_level(x, n, d, scale, lv, interp)
+                t, u, w, _ = _point_level(x, n, d, scale, lv, interp, hashing)
                 for corner in range(1 << d):
-                    row = _row(corner, t, u, lv)
+                    row = _row(corner, t, u, lv, hashing[0])
                     f0, f1, f2, f3 = _factors(corner, w)
                     for f in range(g.shape[1]):
                         grad_table[row, f] += f0 * f1 * f2 * f3 * g[n, f]
 
 
 @njit(parallel=True, **_JIT)
-def _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, d, n_chunks):
+def _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, d, n_chunks, hashing):
     for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
         grad_x[start:stop] = 0
         for level in range(meta.shape[0]):
             lv, scale, g = meta[level], scales[level], grads[level]
             for n in range(start, stop):
-                t, u, w, dw = _point_level(x, n, d, scale, lv, interp)
+                t, u, w, dw = _point_level(x, n, d, scale, lv, interp, hashing)
                 s0 = s1 = s2 = s3 = type(scale)(0)
                 for corner in range(1 << d):
-                    row = _row(corner, t, u, lv)
+                    row = _row(corner, t, u, lv, hashing[0])
                     dot = type(scale)(0)
                     for f in range(g.shape[1]):
                         dot += table[row, f] * g[n, f]
@@ -564,16 +625,21 @@ def _threads_for(n_points: int):
         nb.set_num_threads(previous)
 
 
-def _fast_dims(x, meta):
-    """2 or 3 when the straight-line kernels apply (they need power-of-two hashed levels), else 0."""
+def _fast_dims(x, meta, hashing):
+    """2 or 3 when the straight-line kernels apply (the default hash, power-of-two hashed levels), else 0."""
     pow2 = bool(np.all((meta[:, HASHED] == 0) | (meta[:, MASK] >= 0)))
-    return x.shape[1] if x.shape[1] in (2, 3) and pow2 else 0
+    default_hash = hashing[0] == COHERENT_PRIME or not meta[:, HASHED].any()
+    return x.shape[1] if x.shape[1] in (2, 3) and pow2 and default_hash else 0
 
 
-def encode(x, table, meta, scales, interp, out):
-    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]``."""
+def encode(x, table, meta, scales, interp, out, hashing=None):
+    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]``.
+
+    ``hashing``: :func:`hash_constants` of the layout's hash function (default: ``CoherentPrime``).
+    """
+    hashing = _DEFAULT_HASHING if hashing is None else hashing
     feats = np.empty((meta.shape[0], x.shape[0], table.shape[1]), dtype=out.dtype)
-    d = _fast_dims(x, meta)
+    d = _fast_dims(x, meta, hashing)
     with _threads_for(x.shape[0]):
         n_chunks = nb.get_num_threads()
         if d == 3:
@@ -581,7 +647,7 @@ def encode(x, table, meta, scales, interp, out):
         elif d == 2:
             _forward_2d(x, table, meta, scales, interp, feats, out, n_chunks)
         else:
-            _forward_nd(x, table, meta, scales, interp, feats, x.shape[1], out, n_chunks)
+            _forward_nd(x, table, meta, scales, interp, feats, x.shape[1], out, n_chunks, hashing)
 
 
 def _level_major_grads(grad_out, meta, n_features):
@@ -591,12 +657,13 @@ def _level_major_grads(grad_out, meta, n_features):
     return grads
 
 
-def table_grad(x, grad_out, meta, scales, interp, grad_table, grads=None):
+def table_grad(x, grad_out, meta, scales, interp, grad_table, grads=None, hashing=None):
     """d(loss)/d(table) into ``grad_table [rows, F]`` given ``grad_out [N, L*F]`` (or its level-major
     copy ``grads [L, N, F]``)."""
+    hashing = _DEFAULT_HASHING if hashing is None else hashing
     if grads is None:
         grads = _level_major_grads(grad_out, meta, grad_table.shape[1])
-    d = _fast_dims(x, meta)
+    d = _fast_dims(x, meta, hashing)
     with _threads_for(x.shape[0]):
         schedule = level_schedule(meta, grad_table.shape[1] * grad_table.itemsize, nb.get_num_threads())
         if d == 3:
@@ -604,14 +671,15 @@ def table_grad(x, grad_out, meta, scales, interp, grad_table, grads=None):
         elif d == 2:
             _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table)
         else:
-            _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, x.shape[1])
+            _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, x.shape[1], hashing)
 
 
-def input_grad(x, table, grad_out, meta, scales, interp, grad_x, grads=None):
+def input_grad(x, table, grad_out, meta, scales, interp, grad_x, grads=None, hashing=None):
     """d(loss)/d(x) into ``grad_x [N, d]`` given ``grad_out [N, L*F]`` (or ``grads [L, N, F]``)."""
+    hashing = _DEFAULT_HASHING if hashing is None else hashing
     if grads is None:
         grads = _level_major_grads(grad_out, meta, table.shape[1])
-    d = _fast_dims(x, meta)
+    d = _fast_dims(x, meta, hashing)
     with _threads_for(x.shape[0]):
         n_chunks = nb.get_num_threads()
         if d == 3:
@@ -619,7 +687,7 @@ def input_grad(x, table, grad_out, meta, scales, interp, grad_x, grads=None):
         elif d == 2:
             _backward_x_2d(x, table, grads, meta, scales, interp, grad_x, n_chunks)
         else:
-            _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, x.shape[1], n_chunks)
+            _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, x.shape[1], n_chunks, hashing)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -631,6 +699,22 @@ def input_grad(x, table, grad_out, meta, scales, interp, grad_x, grads=None):
 def constants(layout: GridLayout, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(meta, scales)`` of a layout, built once: per-level integers and float resolutions."""
     return level_table(layout.resolutions, layout.offsets, layout.hashed), np.asarray(layout.resolutions, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def hash_constants(hash_function: str, n_dims: int) -> np.ndarray:
+    """``int64 [5]``: the hash kind (:data:`HASH_FUNCTIONS`), then one constant per axis: the prime
+    (xor-of-products hashes), ``m^(d - axis) mod 2^32`` (``BaseConvert``, whose sequential
+    ``k = (k + c_i) * m`` unrolls into a sum of such terms) or the bit shift (``Rng``)."""
+    kind = HASH_FUNCTIONS[hash_function]
+    factors = [0] * MAX_DIMS
+    if hash_function in HASH_PRIMES:
+        factors = list(HASH_PRIMES[hash_function])
+    elif hash_function == "BaseConvert":
+        factors[:n_dims] = [pow(BASE_CONVERT_FACTOR, n_dims - axis, 2**32) for axis in range(n_dims)]
+    elif hash_function == "Rng":
+        factors[:n_dims] = [axis * (64 // n_dims) for axis in range(n_dims)]
+    return np.array([kind, *factors], dtype=np.int64)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -653,7 +737,7 @@ def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolat
     xs, ts = _numpy(x), _numpy(_widened(table, x))
     meta, scales = constants(layout, xs.dtype)
     out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype)
-    encode(xs, ts, meta, scales, interpolation, out.numpy())
+    encode(xs, ts, meta, scales, interpolation, out.numpy(), hash_constants(layout.hash_function, layout.n_dims))
     return out
 
 
@@ -670,12 +754,13 @@ def backward(
     table = _widened(table, x)
     xs, ts, gs = _numpy(x), _numpy(table), _numpy(grad_out)
     meta, scales = constants(layout, xs.dtype)
+    hashing = hash_constants(layout.hash_function, layout.n_dims)
     grads = _level_major_grads(gs, meta, table.shape[1])
     grad_table = grad_x = None
     if needs_table_grad:
         grad_table = torch.empty(table.shape, dtype=x.dtype)  # zeroed level by level in the kernel
-        table_grad(xs, gs, meta, scales, interpolation, grad_table.numpy(), grads)
+        table_grad(xs, gs, meta, scales, interpolation, grad_table.numpy(), grads, hashing)
     if needs_x_grad:
         grad_x = torch.empty(x.shape, dtype=x.dtype)
-        input_grad(xs, ts, gs, meta, scales, interpolation, grad_x.numpy(), grads)
+        input_grad(xs, ts, gs, meta, scales, interpolation, grad_x.numpy(), grads, hashing)
     return grad_table, grad_x

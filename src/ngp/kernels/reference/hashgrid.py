@@ -11,8 +11,22 @@ Conventions (Müller et al. 2022, section 3):
   in the last cell). A level therefore has ``N_l + 1`` vertices per axis.
 * Levels with ``(N_l + 1)^d <= T`` index their vertices 1:1 (``sum_i c_i (N_l + 1)^i``); finer levels
   use the spatial hash ``(xor_i c_i * pi_i) mod T`` with ``pi = 1, 2654435761, 805459861, ...``
-  computed in 32-bit unsigned arithmetic, exactly as in the paper.
+  computed in 32-bit unsigned arithmetic, exactly as in the paper (tiny-cuda-nn's ``CoherentPrime``).
 * Coordinates outside ``[0, 1]`` are clamped to it (their gradient is zero there).
+
+Hash functions (the layout's ``hash_function``, tiny-cuda-nn's ``"hash"`` key and names; all map the
+integer vertex ``c`` (uint32 per axis) to a uint32, then ``mod T``):
+
+* ``CoherentPrime`` (default, the paper's): ``xor_i (c_i * P_i mod 2^32)``, ``P = 1, 2654435761, 805459861,
+  3674653429``; the first factor 1 keeps neighbours along x in neighbouring rows (cache coherence).
+* ``Prime``: the same with ``P_0 = 1958374283``.
+* ``ReversedPrime``: ``P = 2165219737, 1434869437, 2097192037, 3674653429``.
+* ``BaseConvert``: ``k = 0; for each axis: k = (k + c_i) * 2531011 mod 2^32``.
+* ``Rng``: a PCG32 generator seeded with 1337 (stream 1) is advanced by
+  ``step = xor_i (c_i << (i * (64 // d)))`` (64-bit) and its next 32-bit output is the hash.
+
+One internal value, ``Tiled`` (set by the ``TiledGrid`` encoding, not a config value): the dense index
+``sum_i c_i (N_l + 1)^i`` modulo the level's size, i.e. levels finer than the coarsest reuse its rows.
 """
 
 from __future__ import annotations
@@ -25,6 +39,25 @@ import torch
 #: Hash primes of the paper / tiny-cuda-nn; the first is 1 for better cache coherence.
 PRIMES = (1, 2654435761, 805459861, 3674653429)
 
+#: The xor-of-products hashes, by tiny-cuda-nn name: one factor per axis (up to 4 axes here).
+HASH_PRIMES = {
+    "CoherentPrime": PRIMES,
+    "Prime": (1958374283, 2654435761, 805459861, 3674653429),
+    "ReversedPrime": (2165219737, 1434869437, 2097192037, 3674653429),
+}
+#: ``BaseConvert``'s multiplier.
+BASE_CONVERT_FACTOR = 2531011
+#: ``Rng``'s generator: PCG32 (tiny-cuda-nn's ``default_rng_t``) seeded with 1337 on stream 1.
+RNG_SEED = 1337
+PCG_MULT = 0x5851F42D4C957F2D
+PCG_INC = (1 << 1) | 1  # (stream << 1) | 1, stream 1
+#: Hash functions a config may name (tiny-cuda-nn's), then the internal ``Tiled``; the integer is what
+#: kernels receive. CoherentPrime is 0: the default, and the only one the fast CPU paths take.
+HASH_FUNCTIONS = {"CoherentPrime": 0, "Prime": 1, "ReversedPrime": 2, "BaseConvert": 3, "Rng": 4, "Tiled": 5}
+#: The names a config's ``"hash"`` key accepts.
+CONFIG_HASHES = ("CoherentPrime", "Prime", "ReversedPrime", "BaseConvert", "Rng")
+_MASK64 = (1 << 64) - 1
+
 #: Interpolation kinds, by tiny-cuda-nn name; the integer is what kernels receive.
 INTERPOLATIONS = {"Nearest": 0, "Linear": 1, "Smoothstep": 2}
 
@@ -36,7 +69,7 @@ class GridLayout:
     """Geometry of a multiresolution grid: everything a kernel needs besides the table itself.
 
     ``offsets[l]:offsets[l+1]`` are the table rows owned by level ``l``; ``hashed[l]`` says whether
-    that level uses the spatial hash (``True``) or 1:1 indexing.
+    that level uses the spatial hash ``hash_function`` (``True``) or 1:1 indexing.
     """
 
     n_dims: int
@@ -44,6 +77,11 @@ class GridLayout:
     resolutions: tuple[int, ...]
     offsets: tuple[int, ...]
     hashed: tuple[bool, ...]
+    hash_function: str = "CoherentPrime"
+
+    def __post_init__(self):
+        if self.hash_function not in HASH_FUNCTIONS:
+            raise ValueError(f"unknown hash function {self.hash_function!r}; expected one of {list(HASH_FUNCTIONS)}")
 
     @property
     def n_levels(self) -> int:
@@ -66,8 +104,18 @@ class GridLayout:
         base_resolution: int,
         per_level_scale: float,
         hash: bool = True,
+        hash_function: str = "CoherentPrime",
+        tiled: bool = False,
     ) -> "GridLayout":
-        """Build the layout of a hash grid (``hash=True``) or a dense grid (``hash=False``)."""
+        """Build the layout of a hash grid (``hash=True``), a dense grid (``hash=False``) or a tiled
+        grid (``tiled=True``: a level with more vertices than the coarsest level reuses the coarsest
+        level's number of rows, indexed by its dense index modulo that number, as tiny-cuda-nn's
+        ``TiledGrid``; ``log2_hashmap_size`` is then unused).
+
+        Example:
+            >>> GridLayout.create(2, 3, 2, 4, 2, 2.0).hashed   # (2+1)^2 <= 16 < (4+1)^2
+            (False, True, True)
+        """
         if not 1 <= n_dims <= MAX_DIMS:
             raise ValueError(f"grid encodings support 1 to {MAX_DIMS} input dimensions, got {n_dims}")
         hashmap_size = 2**log2_hashmap_size
@@ -76,33 +124,110 @@ class GridLayout:
             # The tiny epsilon keeps e.g. 16 * 2**(log2(128)/...) from rounding down to 127.
             res = int(math.floor(base_resolution * per_level_scale**level + 1e-6))
             dense_rows = (res + 1) ** n_dims
-            is_hashed = hash and dense_rows > hashmap_size
+            if tiled:
+                size = (resolutions[0] + 1 if resolutions else res + 1) ** n_dims
+                is_hashed = dense_rows > size
+            else:
+                size = hashmap_size
+                is_hashed = hash and dense_rows > hashmap_size
             resolutions.append(res)
             hashed.append(is_hashed)
-            offsets.append(offsets[-1] + (hashmap_size if is_hashed else dense_rows))
-        return GridLayout(n_dims, n_features, tuple(resolutions), tuple(offsets), tuple(hashed))
+            offsets.append(offsets[-1] + (size if is_hashed else dense_rows))
+        function = "Tiled" if tiled else hash_function
+        return GridLayout(n_dims, n_features, tuple(resolutions), tuple(offsets), tuple(hashed), function)
 
 
 def corner_indices(cell: torch.Tensor, level: int, layout: GridLayout) -> torch.Tensor:
     """Table row (within the level) of integer grid vertices ``cell`` ([..., d] int64) -> [...]."""
     res = layout.resolutions[level]
     size = layout.offsets[level + 1] - layout.offsets[level]
-    if layout.hashed[level]:
-        return spatial_hash(cell, size)
+    if layout.hashed[level] and layout.hash_function != "Tiled":
+        return spatial_hash(cell, size, layout.hash_function)
     index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
     stride = 1
     for i in range(layout.n_dims):
         index += cell[..., i] * stride
         stride *= res + 1
-    return index
+    return index % size if layout.hashed[level] else index
 
 
-def spatial_hash(cell: torch.Tensor, hashmap_size: int) -> torch.Tensor:
-    """The paper's spatial hash of integer vertices ``cell`` ([..., d]) -> [...] in ``[0, T)``."""
-    index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
-    for i in range(cell.shape[-1]):
-        index ^= (cell[..., i].long() * PRIMES[i]) & 0xFFFFFFFF
+def spatial_hash(cell: torch.Tensor, hashmap_size: int, hash_function: str = "CoherentPrime") -> torch.Tensor:
+    """A spatial hash (see the module doc) of integer vertices ``cell`` ([..., d]) -> [...] in ``[0, T)``.
+
+    Example:
+        >>> spatial_hash(torch.tensor([[1, 1, 1]]), 2**19).item() == (1 ^ 2654435761 ^ 805459861) % 2**19
+        True
+    """
+    cell = cell.long()
+    if hash_function in HASH_PRIMES:
+        index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
+        for i in range(cell.shape[-1]):
+            index ^= (cell[..., i] * HASH_PRIMES[hash_function][i]) & 0xFFFFFFFF
+    elif hash_function == "BaseConvert":
+        index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
+        for i in range(cell.shape[-1]):
+            index = ((index + cell[..., i]) * BASE_CONVERT_FACTOR) & 0xFFFFFFFF
+    elif hash_function == "Rng":
+        index = rng_hash(cell)
+    else:
+        raise ValueError(f"unknown hash function {hash_function!r}; expected one of {CONFIG_HASHES}")
     return index % hashmap_size
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rng: PCG32 arithmetic on int64 tensors holding uint64 bit patterns (products and sums wrap mod 2^64)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _signed64(value: int) -> int:
+    """A uint64 as the int64 with the same bits (what an int64 tensor can hold)."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(a: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of uint64 bit patterns: ``>>`` on int64 would copy the sign bit."""
+    return (a >> k) & ((1 << (64 - k)) - 1) if k else a
+
+
+def pcg_jump_tables() -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """``(mults, pluses, state0)`` as Python ints (uint64): advancing by ``2^k`` steps maps the state
+    ``s`` to ``mults[k] * s + pluses[k]``; ``state0`` is the state right after seeding (PCG32's
+    ``seed(1337, 1)``: one step from 0, add the seed, one more step)."""
+    mults, pluses = [], []
+    mult, plus = PCG_MULT, PCG_INC
+    for _ in range(64):
+        mults.append(mult)
+        pluses.append(plus)
+        plus = ((mult + 1) * plus) & _MASK64
+        mult = (mult * mult) & _MASK64
+    state0 = (((PCG_INC + RNG_SEED) & _MASK64) * PCG_MULT + PCG_INC) & _MASK64
+    return tuple(mults), tuple(pluses), state0
+
+
+def rng_hash(cell: torch.Tensor) -> torch.Tensor:
+    """tiny-cuda-nn's ``Rng`` hash of integer vertices ``cell`` ([..., d]) -> [...] uint32 values (int64).
+
+    Example:
+        >>> rng_hash(torch.tensor([[5, 0, 3]])).shape
+        torch.Size([1])
+    """
+    d = cell.shape[-1]
+    bits = 64 // d
+    step = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
+    for i in range(d):
+        step ^= cell[..., i].long() << (i * bits)  # wraps like uint64 (bits shifted out are dropped)
+    mults, pluses, state0 = pcg_jump_tables()
+    acc_mult = torch.ones_like(step)
+    acc_plus = torch.zeros_like(step)
+    for k in range(64):  # the standard PCG jump-ahead: one affine map per set bit of the step
+        bit = ((step >> k) & 1).bool()
+        acc_mult = torch.where(bit, acc_mult * _signed64(mults[k]), acc_mult)
+        acc_plus = torch.where(bit, acc_plus * _signed64(mults[k]) + _signed64(pluses[k]), acc_plus)
+    state = acc_mult * _signed64(state0) + acc_plus
+    xorshifted = _shift_right(_shift_right(state, 18) ^ state, 27) & 0xFFFFFFFF
+    rot = _shift_right(state, 59)
+    return ((xorshifted >> rot) | (xorshifted << ((32 - rot) & 31))) & 0xFFFFFFFF
 
 
 def interpolation_weights(frac: torch.Tensor, interpolation: str) -> torch.Tensor:

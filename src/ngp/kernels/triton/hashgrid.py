@@ -44,8 +44,10 @@ GPU layout:
   they would stay compiled-mode functions, unusable by the interpreter, whenever ``triton`` was
   imported before ``TRITON_INTERPRET=1`` was set.
 
-Hashing is the reference's: ``(xor_i c_i * pi_i) mod 2^32``, done in uint32 arithmetic (wrapping
-multiplication), then ``& (T - 1)`` (hashed levels have power-of-two sizes ``T``).
+Hashing is the reference's, for every hash function (``HASH``, a compile-time constant: the default
+``CoherentPrime``, ``(xor_i c_i * pi_i) mod 2^32``, compiles to the same code as before the others
+existed): uint32 arithmetic (wrapping multiplication; uint64 for ``Rng``'s PCG32), then ``& (T - 1)``
+when every hashed level has a power-of-two size ``T``, else ``% T`` (``POW2``, also compile-time).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import functools
 import numpy as np
 import torch
 
-from ngp.kernels.reference.hashgrid import INTERPOLATIONS, PRIMES, GridLayout
+from ngp.kernels.reference.hashgrid import HASH_FUNCTIONS, INTERPOLATIONS, PRIMES, GridLayout
 from ngp.kernels.triton import check_device, interpreting, kernels_for_mode
 
 try:
@@ -134,33 +136,98 @@ def _level_axes(x_ptr, offs, mask, D: tl.constexpr, scale, res, INTERP: tl.const
 
 
 @_jit
-def _corner(C: tl.constexpr, D: tl.constexpr, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset):
+def _axis_hash(h, v, AXIS: tl.constexpr, D: tl.constexpr, HASH: tl.constexpr):
+    """Fold one axis' vertex coordinate ``v`` (uint32) into the running hash ``h`` (see the reference's
+    module doc). xor-of-products hashes: ``h ^ v * P``; ``BaseConvert``: ``(h + v) * m``; ``Rng``:
+    ``h ^ (v << shift)`` in uint64 (scrambled afterwards by :func:`_pcg_output`); uint32 products wrap
+    mod 2^32 like the reference's ``& 0xFFFFFFFF``."""
+    if HASH == 3:  # BaseConvert
+        h = (h + v) * 2531011
+    elif HASH == 4:  # Rng
+        h = h ^ (v.to(tl.uint64) << (AXIS * (64 // D)))
+    elif AXIS == 0:
+        if HASH == 1:
+            h = v * 1958374283
+        elif HASH == 2:
+            h = v * 2165219737
+        else:  # CoherentPrime: the first prime is 1
+            h = v
+    elif AXIS == 1:
+        h = h ^ (v * (1434869437 if HASH == 2 else 2654435761))
+    elif AXIS == 2:
+        h = h ^ (v * (2097192037 if HASH == 2 else 805459861))
+    else:
+        h = h ^ (v * 3674653429)
+    return h
+
+
+@_jit
+def _pcg_output(step):
+    """tiny-cuda-nn's ``Rng`` hash of a uint64 ``step``: PCG32 seeded with 1337 (stream 1), advanced by
+    ``step`` (jump-ahead over its 64 bits), then its next 32-bit output."""
+    mult = tl.full(step.shape, 0x5851F42D4C957F2D, tl.uint64)
+    plus = tl.full(step.shape, 3, tl.uint64)
+    acc_mult = tl.full(step.shape, 1, tl.uint64)
+    acc_plus = tl.full(step.shape, 0, tl.uint64)
+    for k in tl.static_range(64):
+        bit = ((step >> k) & 1) != 0
+        acc_mult = tl.where(bit, acc_mult * mult, acc_mult)
+        acc_plus = tl.where(bit, acc_plus * mult + plus, acc_plus)
+        plus = (mult + 1) * plus
+        mult = mult * mult
+    # the state right after seeding: one step from 0 (state = inc = 3), plus the seed, one more step
+    state0 = tl.full(step.shape, 1340, tl.uint64) * 0x5851F42D4C957F2D + 3
+    state = acc_mult * state0 + acc_plus
+    xorshifted = (((state >> 18) ^ state) >> 27).to(tl.uint32)
+    rot = (state >> 59).to(tl.uint32)
+    return (xorshifted >> rot) | (xorshifted << ((32 - rot) & 31))
+
+
+@_jit
+def _corner(C: tl.constexpr, D: tl.constexpr, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize,
+            offset, HASH: tl.constexpr, POW2: tl.constexpr):
     """Table row and interpolation weight of corner ``C`` (bit i set: upper vertex along axis i).
 
     The row is computed both ways (hash and 1:1) and the level's flag picks one: cheaper on a GPU than
-    a branch, and both are a few integer operations.
+    a branch, and both are a few integer operations. ``HASH`` is the hash function's code (0, the
+    default ``CoherentPrime``, compiles to the same instructions as before hash functions were
+    configurable); ``POW2``: every hashed level has a power-of-two size (``& mask`` instead of ``%``).
     """
     one = tl.full([], 1, tl.uint32)
-    # Axis 0: prime 1, stride 1.
-    h = c0.to(tl.uint32) + one if C & 1 else c0.to(tl.uint32)
+    v0 = c0.to(tl.uint32) + one if C & 1 else c0.to(tl.uint32)
+    if HASH == 3:
+        h = tl.full(v0.shape, 0, tl.uint32)
+    elif HASH == 4:
+        h = tl.full(v0.shape, 0, tl.uint64)
+    else:
+        h = v0
+    h = _axis_hash(h, v0, 0, D, HASH)
     r = c0 + 1 if C & 1 else c0
     wc = w0 if C & 1 else 1.0 - w0
     if D > 1:
-        h1 = c1.to(tl.uint32) + one if (C >> 1) & 1 else c1.to(tl.uint32)
-        h = h ^ (h1 * 2654435761)  # uint32 multiply: wraps mod 2^32, as the reference's & 0xFFFFFFFF
+        v1 = c1.to(tl.uint32) + one if (C >> 1) & 1 else c1.to(tl.uint32)
+        h = _axis_hash(h, v1, 1, D, HASH)
         r = r + (c1 + 1 if (C >> 1) & 1 else c1) * st1
         wc = wc * (w1 if (C >> 1) & 1 else 1.0 - w1)
     if D > 2:
-        h2 = c2.to(tl.uint32) + one if (C >> 2) & 1 else c2.to(tl.uint32)
-        h = h ^ (h2 * 805459861)
+        v2 = c2.to(tl.uint32) + one if (C >> 2) & 1 else c2.to(tl.uint32)
+        h = _axis_hash(h, v2, 2, D, HASH)
         r = r + (c2 + 1 if (C >> 2) & 1 else c2) * st2
         wc = wc * (w2 if (C >> 2) & 1 else 1.0 - w2)
     if D > 3:
-        h3 = c3.to(tl.uint32) + one if (C >> 3) & 1 else c3.to(tl.uint32)
-        h = h ^ (h3 * 3674653429)
+        v3 = c3.to(tl.uint32) + one if (C >> 3) & 1 else c3.to(tl.uint32)
+        h = _axis_hash(h, v3, 3, D, HASH)
         r = r + (c3 + 1 if (C >> 3) & 1 else c3) * st3
         wc = wc * (w3 if (C >> 3) & 1 else 1.0 - w3)
-    row = offset + tl.where(hashed != 0, (h & hmask).to(tl.int32), r)
+    if HASH == 4:
+        h = _pcg_output(h)
+    elif HASH == 5:  # Tiled: the dense index, wrapped
+        h = r.to(tl.uint32)
+    if POW2:
+        wrapped = (h & hmask).to(tl.int32)
+    else:
+        wrapped = (h % hsize).to(tl.int32)
+    row = offset + tl.where(hashed != 0, wrapped, r)
     return row, wc
 
 
@@ -189,17 +256,21 @@ def _add(a, b):
 
 
 @_jit
-def _level_constants(meta_ptr, scales_ptr, level):
+def _level_constants(meta_ptr, scales_ptr, level, POW2: tl.constexpr):
     base = meta_ptr + level * 8
     res = tl.load(base + 0).to(tl.int32)
     offset = tl.load(base + 1).to(tl.int32)
     hashed = tl.load(base + 3).to(tl.int32)
     hmask = tl.load(base + 4).to(tl.uint32)
+    if POW2:
+        hsize = hmask  # unused: hashed levels are masked
+    else:
+        hsize = tl.load(base + 2).to(tl.uint32)
     st1 = tl.load(base + 5).to(tl.int32)
     st2 = tl.load(base + 6).to(tl.int32)
     st3 = tl.load(base + 7).to(tl.int32)
     scale = tl.load(scales_ptr + level)
-    return res, offset, hashed, hmask, st1, st2, st3, scale
+    return res, offset, hashed, hmask, hsize, st1, st2, st3, scale
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -210,17 +281,19 @@ def _level_constants(meta_ptr, scales_ptr, level):
 @_jit
 def _forward_kernel(
     x_ptr, table_ptr, meta_ptr, scales_ptr, out_ptr, n_points, out_stride,
-    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
+    POW2: tl.constexpr,
 ):
     level = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_points
     feats = tl.arange(0, F)
-    res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+    res, offset, hashed, hmask, hsize, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level, POW2)
     c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
     acc = tl.full([BLOCK, F], 0.0, scale.dtype)
     for C in tl.static_range(1 << D):
-        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
+                           POW2)
         values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
         acc += wc[:, None] * values.to(scale.dtype)
     out = out_ptr + offs[:, None] * out_stride + level * F + feats[None, :]
@@ -230,19 +303,21 @@ def _forward_kernel(
 @_jit
 def _backward_table_kernel(
     x_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_table_ptr, n_points, out_stride,
-    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
+    POW2: tl.constexpr,
 ):
     level = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_points
     feats = tl.arange(0, F)
-    res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+    res, offset, hashed, hmask, hsize, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level, POW2)
     c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
     grad_ptrs = grad_out_ptr + offs[:, None] * out_stride + level * F + feats[None, :]
     grad = tl.load(grad_ptrs, mask=mask[:, None], other=0.0).to(scale.dtype)
     acc_ty = grad_table_ptr.dtype.element_ty
     for C in tl.static_range(1 << D):
-        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+        row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
+                           POW2)
         contrib = (wc[:, None] * grad).to(acc_ty)
         tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contrib, mask=mask[:, None], sem="relaxed")
 
@@ -250,7 +325,8 @@ def _backward_table_kernel(
 @_jit
 def _backward_x_kernel(
     x_ptr, table_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_x_ptr, n_points, n_levels, out_stride,
-    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
+    POW2: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_points
@@ -261,7 +337,7 @@ def _backward_x_kernel(
     s2 = tl.full([BLOCK], 0.0, first.dtype)
     s3 = tl.full([BLOCK], 0.0, first.dtype)
     for level in range(n_levels):
-        res, offset, hashed, hmask, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level)
+        res, offset, hashed, hmask, hsize, st1, st2, st3, scale = _level_constants(meta_ptr, scales_ptr, level, POW2)
         c0, c1, c2, c3, w0, w1, w2, w3, g0, g1, g2, g3 = _level_axes(x_ptr, offs, mask, D, scale, res, INTERP)
         grad = tl.load(
             grad_out_ptr + offs[:, None] * out_stride + level * F + feats[None, :], mask=mask[:, None], other=0.0
@@ -272,7 +348,8 @@ def _backward_x_kernel(
         t2 = tl.full([BLOCK], 0.0, first.dtype)
         t3 = tl.full([BLOCK], 0.0, first.dtype)
         for C in tl.static_range(1 << D):
-            row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, offset)
+            row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
+                           POW2)
             values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
             dot = tl.reduce(values.to(scale.dtype) * grad, 1, _add)
             d0, d1, d2, d3 = _corner_dweights(C, D, w0, w1, w2, w3)
@@ -324,8 +401,6 @@ def constants(layout: GridLayout, device: torch.device, dtype: torch.dtype) -> t
     reference rounds it in ``x``'s dtype.
     """
     table = level_table(layout.resolutions, layout.offsets, layout.hashed)
-    if ((table[:, HASHED] == 1) & (table[:, MASK] < 0)).any():
-        raise ValueError("the Triton kernels need power-of-two sizes for hashed levels (T = 2^log2_hashmap_size)")
     meta = torch.as_tensor(table, device=device)
     scales = torch.tensor(layout.resolutions, dtype=dtype, device=device)
     return meta, scales
@@ -361,8 +436,30 @@ def _prepare(x, table, meta, scales, interp, *others):
     return meta.contiguous(), scales.contiguous(), n_levels, n_features
 
 
-def encode(x, table, meta, scales, interp: int, out: torch.Tensor) -> None:
-    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]`` (overwritten)."""
+def _hash_constexprs(meta: torch.Tensor, hash_code: int, pow2: bool | None) -> dict[str, int]:
+    """The kernels' ``HASH`` and ``POW2`` compile-time constants (see :func:`_corner`). ``pow2`` is
+    read from ``meta`` when not given (a device-to-host copy: :func:`forward` and :func:`backward`
+    pass it from the layout instead)."""
+    if hash_code not in HASH_FUNCTIONS.values():
+        raise ValueError(f"unknown hash code {hash_code}; expected one of {HASH_FUNCTIONS}")
+    if pow2 is None:
+        pow2 = not bool(((meta[:, HASHED] == 1) & (meta[:, MASK] < 0)).any())
+    return {"HASH": int(hash_code), "POW2": int(pow2)}
+
+
+@functools.lru_cache(maxsize=64)
+def hashed_sizes_are_powers_of_two(layout: GridLayout) -> bool:
+    """Whether every hashed level of ``layout`` has a power-of-two size (then rows are masked)."""
+    sizes = [b - a for a, b, h in zip(layout.offsets, layout.offsets[1:], layout.hashed) if h]
+    return all(size & (size - 1) == 0 for size in sizes)
+
+
+def encode(x, table, meta, scales, interp: int, out: torch.Tensor, hash_code: int = 0,
+           pow2: bool | None = None) -> None:
+    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]`` (overwritten).
+
+    ``hash_code``: the layout's hash function, ``HASH_FUNCTIONS[layout.hash_function]`` (0: CoherentPrime).
+    """
     meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, out)
     n_points = x.shape[0]
     if n_points == 0:
@@ -371,11 +468,12 @@ def encode(x, table, meta, scales, interp: int, out: torch.Tensor) -> None:
     grid = (triton.cdiv(n_points, block), n_levels)
     kernels_for_mode(__name__)._forward_kernel[grid](
         x, table, meta, scales, out, n_points, out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
     )
 
 
-def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor) -> None:
+def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor, hash_code: int = 0,
+               pow2: bool | None = None) -> None:
     """Write d(loss)/d(table) into ``grad_table [rows, F]`` (float32/64, overwritten) given ``grad_out [N, L*F]``."""
     meta, scales, n_levels, n_features = _prepare(x, grad_table, meta, scales, interp, grad_out)
     if grad_table.dtype not in (torch.float32, torch.float64):
@@ -388,11 +486,12 @@ def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor)
     grid = (triton.cdiv(n_points, block), n_levels)
     kernels_for_mode(__name__)._backward_table_kernel[grid](
         x, grad_out, meta, scales, grad_table, n_points, grad_out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
     )
 
 
-def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tensor) -> None:
+def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tensor, hash_code: int = 0,
+               pow2: bool | None = None) -> None:
     """Write d(loss)/d(x) into ``grad_x [N, d]`` (overwritten) given ``grad_out [N, L*F]``."""
     meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, grad_out, grad_x)
     n_points = x.shape[0]
@@ -402,7 +501,7 @@ def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tens
     grid = (triton.cdiv(n_points, block),)
     kernels_for_mode(__name__)._backward_x_kernel[grid](
         x, table, grad_out, meta, scales, grad_x, n_points, n_levels, grad_out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
     )
 
 
@@ -422,7 +521,8 @@ def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolat
     """
     meta, scales = constants(layout, x.device, compute_dtype(x, table))
     out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype, device=x.device)
-    encode(x.contiguous(), table.contiguous(), meta, scales, interpolation, out)
+    encode(x.contiguous(), table.contiguous(), meta, scales, interpolation, out, HASH_FUNCTIONS[layout.hash_function],
+           hashed_sizes_are_powers_of_two(layout))
     return out
 
 
@@ -446,8 +546,10 @@ def backward(
     grad_table = grad_x = None
     if needs_table_grad:
         grad_table = torch.empty(table.shape, dtype=accumulator, device=x.device)
-        table_grad(x, grad_out, meta, scales, interpolation, grad_table)
+        table_grad(x, grad_out, meta, scales, interpolation, grad_table, HASH_FUNCTIONS[layout.hash_function],
+                   hashed_sizes_are_powers_of_two(layout))
     if needs_x_grad:
         grad_x = torch.empty_like(x)
-        input_grad(x, table, grad_out, meta, scales, interpolation, grad_x)
+        input_grad(x, table, grad_out, meta, scales, interpolation, grad_x, HASH_FUNCTIONS[layout.hash_function],
+                   hashed_sizes_are_powers_of_two(layout))
     return grad_table, grad_x
