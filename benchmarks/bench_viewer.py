@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,15 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viewer"))
-from client import ViserTestClient  # noqa: E402
+from client import ViserTestClient, free_port  # noqa: E402
 
 from ngp.viewer import Viewer, ViewCamera, view_from_run  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def orbit(view, k: int, n: int) -> ViewCamera:

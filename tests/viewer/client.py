@@ -7,6 +7,7 @@ msgpack windows in, see ``viser.infra._infra._message_producer``), so it needs n
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import msgspec
@@ -14,6 +15,13 @@ import numpy as np
 import zstandard
 from PIL import Image
 from websockets.sync.client import connect
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ViserTestClient:

@@ -11,7 +11,8 @@ import pytest
 
 from ngp.viewer import ImageView, Viewer
 
-from .test_viewer import _Constant, free_port
+from .client import free_port
+from .test_viewer import _Constant
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

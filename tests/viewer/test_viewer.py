@@ -21,7 +21,7 @@ from ngp.nerf.renderer import Renderer, RenderSettings
 from ngp.viewer import ImageView, NerfView, SdfView, ViewCamera, Viewer, view_from_run
 from ngp.viewer.server import COARSE_SECONDS, MIN_PIXELS, frame_size
 
-from .client import ViserTestClient
+from .client import ViserTestClient, free_port
 
 TINY_NERF = {
     "encoding": {"otype": "HashGrid", "n_levels": 8, "n_features_per_level": 2, "log2_hashmap_size": 14,
@@ -29,12 +29,6 @@ TINY_NERF = {
     "network": {"otype": "FullyFusedMLP", "n_neurons": 32, "n_hidden_layers": 1},
     "rgb_network": {"otype": "FullyFusedMLP", "n_neurons": 32, "n_hidden_layers": 2},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -169,7 +169,7 @@ class Viewer:
         if self._frustums:
             cams = gui.add_checkbox("Training cameras", True)
             cams.on_update(lambda _: [setattr(f, "visible", cams.value) for f in self._frustums])
-        if self.view.points() is not None:
+        if self.view.points is not None:
             self._grid_box = gui.add_checkbox("Occupancy grid", False, hint="occupied cells of the density grid")
             self._grid_box.on_update(lambda _: self._show_points(self._grid_box.value))
         if self._mesh is not None:

@@ -6,7 +6,8 @@ A view is the viewer's whole knowledge of a primitive (the server knows nothing 
 * ``home``: the camera a new browser starts from, and ``up``: the world's up vector;
 * ``render(camera, width, height, mode)`` -> ``[height, width, 3]`` uint8: one picture;
 * ``frames()``: training cameras to draw as frustums (with thumbnails), ``points()``: a point cloud
-  (NeRF: the occupied cells of the occupancy grid), ``mesh``: a surface to draw (SDF: ``mesh.ply``).
+  (NeRF: the occupied cells of the occupancy grid; ``points`` is None for views without one),
+  ``mesh``: a surface to draw (SDF: ``mesh.ply``).
 
 Views render the model they are given as it is *now*, so during training they show the weights being
 trained (not the averaged ones, which would mean copying every weight per frame).
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ngp.geometry.cameras import Cameras, orbit_camera
+from ngp.geometry.cameras import Cameras, generate_rays, orbit_camera, pixel_centers
 from ngp.viewer.camera import ViewCamera
 
 __all__ = ["Frame", "ImageView", "NerfView", "SdfView", "View", "view_from_run"]
@@ -52,7 +53,7 @@ class View(Protocol):
 
     def frames(self) -> list[Frame]: ...
 
-    def points(self) -> np.ndarray | None: ...
+    points: Any  # () -> [N, 3] float array, or None: nothing to show as points
 
     @property
     def mesh(self) -> Any: ...
@@ -147,11 +148,10 @@ class NerfView:
         grid = self.renderer.grid
         if grid is None:
             return np.zeros((0, 3), np.float32)
-        flat = torch.nonzero(grid.occupied.reshape(-1).cpu()).squeeze(1)
+        flat = torch.nonzero(grid.occupied.reshape(-1)).squeeze(1)  # on the grid's device, which stays
         if len(flat) > limit:
-            flat = flat[torch.linspace(0, len(flat) - 1, limit).long()]
-        return grid.to("cpu").cell_positions(flat).numpy() if grid.occupied.device.type != "cpu" else \
-            grid.cell_positions(flat).numpy()
+            flat = flat[torch.linspace(0, len(flat) - 1, limit, device=flat.device).long()]
+        return grid.cell_positions(flat).cpu().numpy()
 
     mesh = None
 
@@ -220,8 +220,7 @@ class SdfView:
     def frames(self) -> list[Frame]:
         return []
 
-    def points(self) -> None:
-        return None
+    points = None
 
     @property
     def mesh(self):
@@ -270,7 +269,6 @@ class ImageView:
         return cls(model, int(info["width"]) / int(info["height"]), bool(info.get("linear", False)), target)
 
     def render(self, camera: ViewCamera, width: int, height: int, mode: str) -> np.ndarray:
-        from ngp.geometry.cameras import generate_rays, pixel_centers
         from ngp.io.images import linear_to_srgb
 
         origins, directions = generate_rays(camera.cameras(width, height), torch.zeros(width * height, dtype=torch.long),
@@ -299,8 +297,7 @@ class ImageView:
     def frames(self) -> list[Frame]:
         return []
 
-    def points(self) -> None:
-        return None
+    points = None
 
     mesh = None
 
