@@ -4,10 +4,11 @@ Usage::
 
     python benchmarks/bench_nerf.py                      # built-in scene (the cached one, made on first use)
     python benchmarks/bench_nerf.py --data ../shared/data/nerf/lego --downscale 2 --warmup 200
+    python benchmarks/bench_nerf.py --from-run runs/lego --warmup 20   # steps as late in training as that run
 
 Warms a model up for ``--warmup`` steps (so the occupancy grid is sparse, as in a real run), then
-times ``--steps`` training steps phase by phase (marching, the density pre-pass of the compaction,
-field forward, compositing + loss, backward, optimizer), and renders one image. Prints medians.
+times ``--steps`` training steps phase by phase (marching with the density pre-pass that finds
+the samples in front of surfaces, field forward, compositing + loss, backward, optimizer), and renders one image. Prints medians.
 Timings on a shared machine are noisy: compare variants in one process, back to back.
 """
 
@@ -20,16 +21,19 @@ import time
 import torch
 
 from ngp.nerf.evaluation import background_for
-from ngp.nerf.renderer import _front_samples, transmittance_before
 from ngp.nerf.trainer import NerfTask, build_nerf_task, resolve_data
 from ngp.ops.nerf import composite
+from ngp.io.checkpoints import load_checkpoint
+from ngp.train.loop import load_task_state
 from ngp.train.settings import build_config
 
 
 def warm_up(task: NerfTask, steps: int) -> None:
     """``steps`` training steps as the shared loop takes them (float32, no checkpoints or outputs)."""
-    for step in range(steps):
-        batch = task.training_batch(step)
+    first = task.optimizer.n_steps
+    for step in range(first, first + steps):
+        with task.amp.autocast():
+            batch = task.training_batch(step)
         applied = task.amp.backward_and_step(batch.loss, task.optimizer)
         task.after_step(batch, applied)
 
@@ -46,15 +50,11 @@ def timed_step(task: NerfTask, timings: dict[str, list[float]]) -> int:
     r = task.renderer
     o, d, bg, target = task._sample_rays(task.n_rays)
     mark("sample rays")
-    samples = r.march(o, d, task.generator)
-    mark("march")
-    with torch.no_grad():
-        sigma = task.model.density(samples.positions)
-        keep = transmittance_before(sigma, samples.t_starts, samples.t_ends, samples.ray_offsets,
-                                    samples.ray_indices) > r.settings.transmittance_threshold
-        samples = _front_samples(samples, keep, o.shape[0])
-    mark("compaction (density pre-pass)")
-    sigmas, rgbs = task.model(samples.positions, d, samples.ray_indices)
+    with task.amp.autocast():
+        samples, features, marched = r.march_in_front(o, d, task.generator)
+    mark("march + density pre-pass")
+    with task.amp.autocast():
+        sigmas, rgbs = task.model(samples.positions, d, samples.ray_indices, features=features)
     mark("field forward")
     out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices, samples.ray_offsets, bg)
     loss = task.loss_fn(out.color, target)
@@ -64,8 +64,8 @@ def timed_step(task: NerfTask, timings: dict[str, list[float]]) -> int:
     mark("backward")
     task.optimizer.step()
     mark("optimizer (Adam + EMA)")
-    task._adapt_batch(samples.n_samples)
-    return samples.n_samples
+    task._adapt_batch(samples.n_samples, marched)
+    return samples.n_samples, marched
 
 
 def main() -> None:
@@ -75,15 +75,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="training steps before timing")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--target-samples", type=int, default=1 << 16)
+    parser.add_argument("--from-run", default=None, help="start from this run's checkpoint (its data and settings): "
+                        "late-training steps, where rays are many and mostly stop at surfaces")
+    parser.add_argument("--precision", default="auto", help="precision of the MLPs (as ngp nerf train --precision)")
     args = parser.parse_args()
 
-    data = resolve_data(args.data)
     device = torch.device("cpu")
-    config = build_config("nerf", None, {"data": data, "downscale": args.downscale,
-                                         "target_samples": args.target_samples}, device)
-    task = build_nerf_task(config, device, "float32")
+    if args.from_run:
+        tensors, meta = load_checkpoint(args.from_run, "nerf")
+        config, data = meta["config"], meta["config"]["training"]["data"]
+        task = build_nerf_task(config, device, args.precision)
+        load_task_state(task, tensors, meta, args.from_run)
+    else:
+        data = resolve_data(args.data)
+        config = build_config("nerf", None, {"data": data, "downscale": args.downscale,
+                                             "target_samples": args.target_samples}, device)
+        task = build_nerf_task(config, device, args.precision)
     dataset = task.dataset
-    print(f"torch threads: {torch.get_num_threads()}; data: {data} ({len(dataset)} images, "
+    print(f"precision: {task.amp.precision}; torch threads: {torch.get_num_threads()}; data: {data} ({len(dataset)} images, "
           f"{int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])})")
     start = time.perf_counter()
     warm_up(task, args.warmup)
@@ -91,10 +100,11 @@ def main() -> None:
           f"occupancy {task.grid.occupancy_fraction:.3f}, rays/batch {task.n_rays}")
 
     timings: dict[str, list[float]] = {}
-    samples = [timed_step(task, timings) for _ in range(args.steps)]
+    counts = [timed_step(task, timings) for _ in range(args.steps)]
+    samples = [kept for kept, _ in counts]
     total = sum(statistics.median(v) for v in timings.values())
-    print(f"\nper step (median of {args.steps}; {statistics.median(samples):.0f} samples, "
-          f"{task.n_rays} rays):")
+    print(f"\nper step (median of {args.steps}; {statistics.median(samples):.0f} samples trained on of "
+          f"{statistics.median(m for _, m in counts):.0f} marched, {task.n_rays} rays):")
     for name, values in timings.items():
         m = statistics.median(values)
         print(f"  {name:32s} {m * 1e3:8.1f} ms  {100 * m / total:5.1f} %")

@@ -24,8 +24,10 @@ NETWORK_DEFAULTS = {
 
 ACTIVATIONS = {
     "None": nn.Identity,
-    "ReLU": nn.ReLU,
-    "LeakyReLU": lambda: nn.LeakyReLU(0.01),
+    # in place: the activation overwrites the product it follows, which nothing else keeps (a matrix
+    # product saves its input, not its output), so no new [N, width] buffer per layer
+    "ReLU": lambda: nn.ReLU(inplace=True),
+    "LeakyReLU": lambda: nn.LeakyReLU(0.01, inplace=True),
     "Exponential": lambda: _Lambda(torch.exp),
     "Sine": lambda: _Lambda(torch.sin),
     "Sigmoid": nn.Sigmoid,

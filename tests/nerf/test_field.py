@@ -161,3 +161,22 @@ def test_bad_inputs():
         field.density(torch.tensor([[float("nan"), 0.0, 0.0]]))
     with pytest.raises(ValueError, match="aabb"):
         NerfField(torch.tensor([[0.0] * 3, [0.0] * 3]))
+
+
+def test_field_with_given_features_equals_the_field():
+    """forward(..., features=encode(positions)) has the same outputs and gradients as forward()."""
+    torch.manual_seed(0)
+    field = NerfField(UNIT_AABB, config=SMALL)
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+    positions, directions = torch.rand(64, 3), unit_directions(64)
+    results = []
+    for given in (False, True):
+        field.zero_grad()
+        features = field.encode(positions).detach() if given else None
+        sigma, rgb = field(positions, directions, features=features)
+        (sigma.sum() + rgb.square().sum()).backward()
+        results.append([sigma.detach(), rgb.detach()] + [p.grad.clone() for p in field.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a)
+    assert field.density_from_features(field.encode(positions)).shape == (64,)

@@ -197,6 +197,33 @@ def test_march_numba_matches_reference_exactly():
             assert torch.equal(e, g_)
 
 
+def test_march_numba_sees_every_change_of_the_grid():
+    """The Numba marcher reuses its block summary of a grid tensor while that tensor is unchanged: an
+    in-place update, and a new grid (even at a freed one's address), must be seen."""
+    grid = OccupancyGrid(aabb=UNIT, resolution=64)
+    o, d = _rays(300, 3, -1.0, 2.0)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
+    first = torch.full((300,), 0.5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+
+    def both(occupied):
+        args = (o, d, t_near, t_far, first, occupied, grid.center, grid.base_size, grid.resolution,
+                grid.min_step_size, grid.max_step_size, 0.0, 500)
+        return ref.march_rays(*args)[0], cpu.march_rays(*args)[0]
+
+    occupied = torch.zeros(grid.occupied.shape, dtype=torch.bool)
+    occupied[:, : occupied.shape[1] // 3] = True
+    for change in range(4):
+        expected, got = both(occupied)
+        assert torch.equal(expected, got), f"after change {change}"
+        if change == 1:  # in place, as OccupancyGrid.update does
+            occupied.copy_(torch.rand(occupied.shape, generator=g) < 0.05)
+        else:  # a new tensor
+            occupied = torch.rand(occupied.shape, generator=g) < 0.02 * (change + 1)
+    assert expected.shape[0] > 100
+
+
 def test_march_without_grid_and_bad_input():
     o, d = _rays(10, 9)
     t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)

@@ -1,7 +1,9 @@
 """NeRF training end to end on a tiny built-in scene: PSNR rises, resume continues, validation frames
 are held out, checkpoints are safe."""
 
+import dataclasses
 import json
+import math
 import shutil
 
 import pytest
@@ -14,6 +16,7 @@ from ngp.io.runs import RunFolder
 from ngp.nerf.builtin_scene import make_builtin_scene
 from ngp.nerf.datasets import load_dataset
 from ngp.nerf.evaluation import evaluate
+from ngp.nerf.renderer import Renderer, inference_dtype, transmittance_before
 from ngp.nerf.runs import load_nerf_run
 from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
 from ngp.train.loop import LoopState, load_task_state, train
@@ -87,12 +90,84 @@ def test_incremental_inference_equals_single_pass_rendering(trained, scene):
     test = load_dataset(scene, "test")
     cam, xy, _ = test.pixels_for_image(0)
     o, d = generate_rays(test.cameras, cam, xy)
+    renderer = Renderer(task.model, task.grid, dataclasses.replace(
+        task.renderer.settings, inference_precision="float32", color_weight_threshold=0.0))
     with torch.no_grad():
-        one = task.renderer.render_rays(o, d, torch.ones(3))
-        inc = task.renderer.render_rays_inference(o, d, torch.ones(3))
+        one = renderer.render_rays(o, d, torch.ones(3))
+        inc = renderer.render_rays_inference(o, d, torch.ones(3))
     torch.testing.assert_close(inc.color, one.color, atol=2e-3, rtol=0)
     torch.testing.assert_close(inc.opacity, one.opacity, atol=2e-3, rtol=0)
     assert inc.n_samples <= one.n_samples  # terminated rays stop being marched
+
+
+def test_segment_marching_keeps_the_samples_in_front_of_surfaces(trained, scene):
+    """march_in_front (segments, densities without gradients, rays stopped once opaque) keeps the
+    samples that marching whole rays and cutting them at the same transmittance keeps, and marches
+    fewer behind the surfaces; with their features (the field's encoding of them)."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    cam, xy, _ = test.pixels_for_image(0)
+    o, d = generate_rays(test.cameras, cam, xy)
+    r = task.renderer
+    with torch.no_grad():
+        whole = r.march(o, d)
+        sigmas = task.model.density(whole.positions)
+        t_before = transmittance_before(sigmas, whole.t_starts, whole.t_ends, whole.ray_offsets, whole.ray_indices)
+        keep = t_before > r.settings.transmittance_threshold
+        samples, features, n_marched = r.march_in_front(o, d, segments=(8,))
+        default = r.march_in_front(o, d)[0]
+    assert n_marched < 0.9 * whole.n_samples, (n_marched, whole.n_samples)  # measured 0.82 here
+    assert abs(default.n_samples - samples.n_samples) <= 0.002 * samples.n_samples
+    assert abs(samples.n_samples - int(keep.sum())) <= 0.002 * samples.n_samples
+    kept_per_ray = torch.bincount(whole.ray_indices[keep], minlength=o.shape[0])
+    same = kept_per_ray == samples.samples_per_ray
+    assert same.float().mean() > 0.99
+    rays = same.nonzero().squeeze(1)[:200]
+    mine = torch.cat([samples.positions[samples.ray_offsets[i]:samples.ray_offsets[i + 1]] for i in rays])
+    theirs = torch.cat([whole.positions[keep][(whole.ray_indices[keep] == i)] for i in rays])
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(features, task.model.encode(samples.positions))
+
+
+def test_bfloat16_rendering_matches_float32(trained, scene):
+    """Rendering with bfloat16 MLPs (the default on CPUs with bfloat16 instructions) gives the float32
+    picture to within what no one can see; float16 (CUDA's default) too."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    renders = {}
+    for precision in ("float32", "bfloat16", "float16"):
+        settings = dataclasses.replace(task.renderer.settings, inference_precision=precision)
+        renders[precision] = Renderer(task.model, task.grid, settings).render_image(test.cameras, 0, torch.ones(3))
+    for precision in ("bfloat16", "float16"):
+        mse = (renders[precision]["color"] - renders["float32"]["color"]).square().mean().item()
+        assert 0 < mse < 10 ** (-45 / 10), f"{precision}: {-10 * math.log10(mse):.1f} dB from float32"
+    assert inference_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="inference_precision"):
+        inference_dtype("half", torch.device("cpu"))
+
+
+def test_skipping_the_colour_of_invisible_samples_changes_nothing_visible(trained, scene, monkeypatch):
+    """The colour network runs only for samples that weigh at least ``color_weight_threshold`` in
+    their pixel: far fewer than all, and the picture stays what evaluating every sample gives."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    colored = []
+    original = type(task.model).color
+    monkeypatch.setattr(type(task.model), "color",
+                        lambda self, h, *a, **k: (colored.append(h.shape[0]), original(self, h, *a, **k))[1])
+    renders = {}
+    for threshold in (0.0, 1e-4):
+        settings = dataclasses.replace(task.renderer.settings, inference_precision="float32",
+                                       color_weight_threshold=threshold)
+        colored.clear()
+        renders[threshold] = Renderer(task.model, task.grid, settings).render_image(test.cameras, 0, torch.ones(3))
+        renders[threshold]["colored"] = sum(colored)
+    full, skipped = renders[0.0], renders[1e-4]
+    assert full["colored"] == full["n_samples"] and skipped["n_samples"] == full["n_samples"]
+    assert skipped["colored"] < 0.85 * full["colored"], (skipped["colored"], full["colored"])  # 0.72 measured
+    mse = (skipped["color"] - full["color"]).square().mean().item()
+    assert mse < 10 ** (-50 / 10), f"{-10 * math.log10(mse):.1f} dB from the full render"
+    torch.testing.assert_close(skipped["opacity"], full["opacity"])  # densities are all evaluated
 
 
 def test_the_checkpoint_rebuilds_the_trained_model(trained, scene):

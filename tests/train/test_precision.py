@@ -165,3 +165,17 @@ def test_scaler_state_round_trips():
     other = MixedPrecision("cpu", "float16")
     other.load_state_dict(amp.state_dict())
     assert other.loss_scale == 64.0 and other.skipped_steps == 3
+
+
+def test_auto_is_bfloat16_on_a_cpu_with_bfloat16_instructions_where_asked(monkeypatch):
+    from ngp.train import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device="cpu": True)
+    assert resolve_precision("auto", cpu, cpu_bfloat16=True) == "bfloat16"
+    assert resolve_precision("auto", cpu) == "float32"  # only primitives that checked their quality
+    assert MixedPrecision(cpu, "auto", cpu_bfloat16=True).dtype == torch.bfloat16
+    assert resolve_precision("float32", cpu, cpu_bfloat16=True) == "float32"  # an explicit choice stays
+    monkeypatch.setattr(precision, "native_bfloat16", lambda device="cpu": False)
+    assert resolve_precision("auto", cpu, cpu_bfloat16=True) == "float32"
+

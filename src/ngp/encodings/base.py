@@ -129,6 +129,15 @@ class Encoding(Module):
         if x.numel() and torch.isnan(x).any():
             raise ValueError(f"{type(self).__name__}: input contains NaN coordinates")
 
+    def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` when ``features`` already holds its value (computed by this module, with these
+        parameters, e.g. without gradients): equal to ``features``, differentiable as ``self(x)``.
+
+        The hash grids skip their forward kernel (NeRF training reuses its density pre-pass this way);
+        every other encoding recomputes ``self(x)``.
+        """
+        return self(x)
+
     def output(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` in the module's ``dtype`` when that is float16 (tiny-cuda-nn's half-precision
         output); otherwise unchanged (the input's floating dtype)."""

@@ -20,7 +20,7 @@ from torch import nn
 from ngp.config import ConfigError, require_choice, require_float, require_int, with_defaults
 from ngp.encodings.base import NESTED_KEYS, Encoding, register_encoding, seeded_generator
 from ngp.kernels.reference.hashgrid import CONFIG_HASHES, INTERPOLATIONS, MAX_DIMS, GridLayout
-from ngp.ops.hashgrid import hash_grid_encode
+from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_given
 
 GRID_DEFAULTS = {
     "n_levels": 16,
@@ -169,6 +169,14 @@ class Grid(Encoding):
             x.to(self.table.dtype), self.table, self.layout, self.interpolation, self.storage_dtype
         )
         return self.output(reduce_levels(features, self.layout.n_features, self.reduction))
+
+    def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """See :meth:`Encoding.forward_given`: the grid runs only its backward kernel on these features."""
+        if self.reduction != "Concatenation" or features.dtype != self.table.dtype or self.dtype == torch.float16:
+            return self(x)
+        self.check_input(x)
+        return hash_grid_encode_given(x.to(self.table.dtype), self.table, self.layout, features, self.interpolation,
+                                      self.storage_dtype)
 
     def extra_repr(self) -> str:
         l = self.layout

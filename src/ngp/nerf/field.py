@@ -195,29 +195,45 @@ class NerfField(nn.Module):
         lo, hi = self.aabb[0], self.aabb[1]
         return ((positions - lo) / (hi - lo)).clamp(0.0, 1.0)
 
-    def geometry(self, positions: torch.Tensor) -> torch.Tensor:
-        """``[S, 3]`` world positions -> ``[S, 16]`` density-network outputs (log-density first)."""
+    def _check_positions(self, positions: torch.Tensor) -> None:
         if positions.dim() != 2 or positions.shape[1] != 3:
             raise ValueError(f"positions must be [S, 3], got {list(positions.shape)}")
-        features = self.encoding(self.normalize(positions))
+
+    def encode(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[S, 3]`` world positions -> ``[S, n]`` position features (the hash grid's output)."""
+        self._check_positions(positions)
+        return self.encoding(self.normalize(positions))
+
+    def geometry(self, positions: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``[S, 3]`` world positions -> ``[S, 16]`` density-network outputs (log-density first).
+
+        ``features``: :meth:`encode` of ``positions`` when already computed with the current
+        parameters (without gradients): its value is reused and only the encoding's backward runs.
+        """
+        self._check_positions(positions)
+        x = self.normalize(positions)
+        features = self.encoding(x) if features is None else self.encoding.forward_given(x, features)
         return self.density_network(features)
 
     def density(self, positions: torch.Tensor) -> torch.Tensor:
-        """``[S, 3]`` world positions -> ``[S]`` density sigma >= 0 (per world unit of length).
+        """``[S, 3]`` world positions -> ``[S]`` density sigma >= 0 (per world unit of length)."""
+        return self.density_from_features(self.encode(positions))
+
+    def density_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``[S, n]`` position features (:meth:`encode`) -> ``[S]`` density sigma >= 0.
 
         Computes only the log-density output of the last layer (a third of the density MLP's work
-        when only densities are needed: occupancy-grid updates, meshing).
+        when only densities are needed: occupancy-grid updates, meshing, the training pre-pass).
         """
-        if positions.dim() != 2 or positions.shape[1] != 3:
-            raise ValueError(f"positions must be [S, 3], got {list(positions.shape)}")
         layers = self.density_network.layers
-        hidden = layers[:-2](self.encoding(self.normalize(positions)))
+        hidden = layers[:-2](features)
         # float32 before the activation: under autocast the product is float16, where exp overflows
         log_density = layers[-1]((hidden @ layers[-2].weight[:1].t()).float())
         return trunc_exp(log_density[:, 0])
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor,
-                ray_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                ray_indices: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Density and colour of samples.
 
         Args:
@@ -225,12 +241,19 @@ class NerfField(nn.Module):
             directions: unit view directions, ``[S, 3]`` per sample, or ``[R, 3]`` per ray together
                 with ``ray_indices [S]`` (then the direction encoding runs once per ray).
             ray_indices: optional ``[S]`` int64, the ray of each sample.
+            features: optional ``[S, n]``, :meth:`encode` of ``positions`` already computed with the
+                current parameters (see :meth:`geometry`).
 
         Returns:
             ``sigma [S]`` (>= 0) and ``rgb [S, 3]`` (in (0, 1)).
         """
-        h = self.geometry(positions)
-        sigma = trunc_exp(h[:, 0])
+        h = self.geometry(positions, features)
+        return trunc_exp(h[:, 0]), self.color(h, directions, ray_indices)
+
+    def color(self, h: torch.Tensor, directions: torch.Tensor,
+              ray_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """``[S, 3]`` colour in (0, 1) from the density network's outputs ``h [S, 16]`` (:meth:`geometry`)
+        and the view directions (per sample, or per ray with ``ray_indices``, as :meth:`forward`)."""
         # per-ray directions are encoded once per ray, then gathered (a measured split of the colour
         # network's first layer into per-ray and per-sample parts was slower on CPU: the scatter in
         # its backward costs more than the 16 columns it saves)
@@ -240,8 +263,7 @@ class NerfField(nn.Module):
         elif dir_features.shape[0] != h.shape[0]:
             raise ValueError(f"directions [{dir_features.shape[0]}, 3] do not match positions "
                              f"[{h.shape[0]}, 3]; give ray_indices for per-ray directions")
-        rgb = torch.sigmoid(self.rgb_network(torch.cat([dir_features, h], dim=1)))
-        return sigma, rgb
+        return torch.sigmoid(self.rgb_network(torch.cat([dir_features, h], dim=1)))
 
     def extra_repr(self) -> str:
         return f"aabb={self.aabb.tolist()}, aabb_scale={self.aabb_scale}"

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from ngp.geometry.cameras import Cameras, generate_rays
-from ngp.nerf.field import NerfField
+from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.ops.nerf import RaySamples, composite, march_rays, ray_aabb_intersect
+from ngp.train.precision import native_bfloat16
 
-__all__ = ["RenderSettings", "RenderResult", "Renderer", "transmittance_before"]
+__all__ = ["RenderSettings", "RenderResult", "Renderer", "inference_dtype", "transmittance_before"]
 
 #: instant-ngp's NERF_STEPS: the smallest step is sqrt(3) / 1024 of the unit cube.
 N_STEPS = 1024
@@ -42,6 +43,15 @@ class RenderSettings:
         transmittance_threshold: a ray stops once its transmittance falls below this.
         near: samples start at least this far from the camera.
         step_size: the smallest step without an occupancy grid (tests).
+        inference_precision: the MLPs' precision when rendering without gradients (evaluation,
+            videos, the viewer): ``auto`` is bfloat16 on a CPU with bfloat16 instructions (measured
+            1.5x faster on an early lego model, renders 73 dB PSNR from float32 ones), float16 on CUDA, float32
+            elsewhere; or ``float32`` / ``bfloat16`` / ``float16``. Training renders in the
+            training's precision.
+        color_weight_threshold: rendering without gradients evaluates the colour network only for
+            samples whose weight in their pixel (transmittance x opacity) is at least this; the
+            others count as black. Most samples in occupied cells are in empty space around a
+            surface (weight ~0): skipping them saves most of the colour network. 0 evaluates all.
     """
 
     cone_angle: float = 0.0
@@ -49,6 +59,8 @@ class RenderSettings:
     transmittance_threshold: float = 1e-4
     near: float = 0.05
     step_size: float = math.sqrt(3) / N_STEPS
+    inference_precision: str = "auto"
+    color_weight_threshold: float = 1e-4
 
     @classmethod
     def for_scene(cls, aabb_scale: int) -> "RenderSettings":
@@ -82,15 +94,35 @@ def transmittance_before(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: t
     return torch.exp(-(inclusive - tau - start[ray_indices])).float()
 
 
-def _front_samples(samples: RaySamples, keep: torch.Tensor, n_rays: int) -> RaySamples:
-    """The samples where ``keep [S]`` is True, order kept (rays stay contiguous). ``directions`` and
-    ``ts`` are left out (empty): the renderer passes per-ray directions to the field."""
-    ray_indices = samples.ray_indices[keep]
-    offsets = torch.zeros(n_rays + 1, dtype=samples.ray_offsets.dtype)
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of :attr:`RenderSettings.inference_precision` on ``device`` (None: float32)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bfloat16(device) else None
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"inference_precision {precision!r} unknown; expected auto, {', '.join(dtypes)}")
+    return dtypes[precision]
+
+
+def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
+          like: torch.Tensor) -> tuple[RaySamples, torch.Tensor | None]:
+    """Packed samples (rays contiguous, front to back) and their features from segments marched one
+    after another: each part ``(positions, t_starts, t_ends, ray_indices, features)`` holds some
+    rays' next samples. ``directions`` and ``ts`` are left empty."""
+    empty = like.new_empty(0)
+    if not parts:
+        return RaySamples(like.new_empty(0, 3), empty, empty, empty, empty,
+                          torch.zeros(0, dtype=torch.long, device=like.device),
+                          torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)), None
+    positions, t_starts, t_ends, ray_indices, features = (torch.cat([p[k] for p in parts]) for k in range(5))
+    if len(parts) > 1:  # a stable sort by ray keeps each ray's segments in marching order
+        ray_indices, order = torch.sort(ray_indices, stable=True)
+        positions, t_starts, t_ends, features = positions[order], t_starts[order], t_ends[order], features[order]
+    offsets = torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)
     torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0, out=offsets[1:])
-    empty = samples.positions.new_empty(0)
-    return RaySamples(samples.positions[keep], empty, empty, samples.t_starts[keep], samples.t_ends[keep],
-                      ray_indices, offsets)
+    return RaySamples(positions, empty, empty, t_starts, t_ends, ray_indices, offsets), features
 
 
 class Renderer:
@@ -125,23 +157,77 @@ class Renderer:
                     generator: torch.Generator | None = None, compact: bool = False) -> RenderResult:
         """Render ``[R, 3]`` rays (unit ``directions``) over ``background`` (``[3]`` or ``[R, 3]``).
 
-        ``compact=True`` (training) first evaluates only the density without gradients, then runs
-        the full field with gradients only on samples in front of the point where the ray becomes
-        opaque, as instant-ngp does: samples behind a surface cost no backward pass.
+        ``compact=True`` (training) first finds, without gradients, the samples in front of the point
+        where each ray becomes opaque (:meth:`march_in_front`), then runs the field with gradients on
+        those only, as instant-ngp does: samples behind a surface cost no backward pass.
         """
-        n_rays = origins.shape[0]
-        samples = self.march(origins, directions, generator)
-        n_marched = samples.n_samples
-        if compact and n_marched:
-            with torch.no_grad():  # in chunks: memory stays bounded however many samples were marched
-                sigmas = torch.cat([self.field.density(p) for p in samples.positions.split(1 << 18)])
-                trans = transmittance_before(sigmas, samples.t_starts, samples.t_ends,
-                                             samples.ray_offsets, samples.ray_indices)
-            samples = _front_samples(samples, trans > self.settings.transmittance_threshold, n_rays)
-        sigmas, rgbs = self.field(samples.positions, directions, samples.ray_indices)
+        if compact:
+            samples, features, n_marched = self.march_in_front(origins, directions, generator)
+        else:
+            samples, features = self.march(origins, directions, generator), None
+            n_marched = samples.n_samples
+        sigmas, rgbs = self.field(samples.positions, directions, samples.ray_indices, features=features)
         out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
                         samples.ray_offsets, background, self.settings.transmittance_threshold)
         return RenderResult(out.color, out.opacity, out.depth, int(samples.positions.shape[0]), n_marched)
+
+    def march_in_front(self, origins: torch.Tensor, directions: torch.Tensor,
+                       generator: torch.Generator | None = None,
+                       segments: tuple[int, ...] = (16, 64, N_STEPS)
+                       ) -> tuple[RaySamples, torch.Tensor | None, int]:
+        """The samples of ``[R, 3]`` rays in front of the point where each becomes opaque, with their
+        position features (the field's :meth:`~NerfField.encode`, computed without gradients with the
+        current parameters) -> ``(samples, features [S, n], n_marched)``.
+
+        Rays are marched ``segments[k]`` samples at a time (the last size repeats), as in
+        :meth:`render_rays_inference`; each segment's densities are evaluated without gradients and a
+        ray stops once its transmittance falls below the threshold. Marching whole rays first would
+        evaluate every sample behind the surfaces too: late in a lego run 4.7x the samples kept, and
+        this pre-pass took 119 ms per step instead of 58 ms (measured, 2 cores); early in training,
+        when nothing is opaque yet, the three rounds cost as much as one (42 ms either way).
+        ``generator`` jitters each ray's first sample (training); later segments continue on the same
+        lattice of steps. ``n_marched`` counts the samples evaluated; ``features`` is None when no
+        sample was marched.
+        The returned samples leave ``directions`` and ``ts`` empty (the field takes per-ray directions).
+        """
+        s = self.settings
+        device = origins.device
+        n_rays = origins.shape[0]
+        t_near, t_far, hit = ray_aabb_intersect(origins, directions, self.field.aabb)
+        t_near = t_near.clamp(min=s.near)
+        log_trans = torch.zeros(n_rays, dtype=torch.float64, device=device)  # -sum(sigma dt) so far
+        marched = torch.zeros(n_rays, dtype=torch.long, device=device)
+        alive = (hit & (t_far > t_near)).nonzero().squeeze(1)
+        threshold = math.log(s.transmittance_threshold)
+        parts, n_marched, round_ = [], 0, 0
+        with torch.no_grad():
+            while alive.numel():
+                segment = min(segments[min(round_, len(segments) - 1)], s.max_samples_per_ray)
+                jitter = generator if (generator is not None and round_ == 0) else False
+                samples = march_rays(origins[alive], directions[alive], t_near[alive], t_far[alive], self.grid,
+                                     step_size=s.step_size if self.grid is None else None, cone_angle=s.cone_angle,
+                                     max_samples_per_ray=segment, jitter=jitter)
+                counts = samples.samples_per_ray
+                if samples.n_samples:
+                    # in chunks: the MLP's temporaries stay bounded
+                    features = torch.cat([self.field.encode(p) for p in samples.positions.split(1 << 18)])
+                    sigmas = torch.cat([self.field.density_from_features(f) for f in features.split(1 << 18)])
+                    tau = (sigmas * (samples.t_ends - samples.t_starts)).double()
+                    inclusive = torch.cumsum(tau, 0)
+                    before_segment = torch.cat([inclusive.new_zeros(1), inclusive])[samples.ray_offsets]
+                    before = inclusive - tau - before_segment[samples.ray_indices]  # within the segment
+                    keep = (log_trans[alive][samples.ray_indices] - before) > threshold
+                    parts.append((samples.positions[keep], samples.t_starts[keep], samples.t_ends[keep],
+                                  alive[samples.ray_indices[keep]], features[keep]))
+                    log_trans[alive] -= before_segment[1:] - before_segment[:-1]
+                    n_marched += samples.n_samples
+                marched[alive] += counts
+                more = (counts == segment) & (log_trans[alive] > threshold) & (marched[alive] < s.max_samples_per_ray)
+                t_near[alive[more]] = samples.t_ends[samples.ray_offsets[1:][more] - 1]
+                alive = alive[more]
+                round_ += 1
+        samples, features = _pack(parts, n_rays, origins)
+        return samples, features, n_marched
 
     @torch.inference_mode()
     def render_rays_inference(self, origins: torch.Tensor, directions: torch.Tensor, background: torch.Tensor,
@@ -151,9 +237,10 @@ class Renderer:
         Rays are marched ``segments[k]`` samples in round ``k`` (the last size repeats); after each
         round the rays that became opaque (transmittance below the threshold) or left the box are
         dropped, as instant-ngp renders. Samples behind a surface are never evaluated, and memory is
-        bounded by ``R * max(segments)`` samples.
+        bounded by ``R * max(segments)`` samples. The MLPs run in ``settings.inference_precision``.
         """
         s = self.settings
+        dtype = inference_dtype(s.inference_precision, origins.device)
         n_rays = origins.shape[0]
         color = origins.new_zeros(n_rays, 3)
         depth = origins.new_zeros(n_rays)
@@ -170,7 +257,7 @@ class Renderer:
                                  cone_angle=s.cone_angle, max_samples_per_ray=segment)
             counts = samples.samples_per_ray
             if samples.n_samples:
-                sigmas, rgbs = self.field(samples.positions, directions[alive], samples.ray_indices)
+                sigmas, rgbs = self._shade(samples, directions[alive], trans[alive], dtype)
                 out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
                                 samples.ray_offsets, None, s.transmittance_threshold)
                 color[alive] += trans[alive, None] * out.color
@@ -186,6 +273,26 @@ class Renderer:
             round_ += 1
         background = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(n_rays, 3)
         return RenderResult(color + trans[:, None] * background, 1.0 - trans, depth, n_samples)
+
+    def _shade(self, samples: RaySamples, directions: torch.Tensor, trans: torch.Tensor,
+               dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density and colour of a segment's samples (no gradients), given each ray's transmittance
+        ``trans [R]`` at the segment's start; colour only where the weight reaches the threshold."""
+        field = self.field
+        with torch.autocast(directions.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            h = field.geometry(samples.positions)
+            sigmas = trunc_exp(h[:, 0].float())
+            threshold = self.settings.color_weight_threshold
+            if threshold <= 0:
+                return sigmas, field.color(h, directions, samples.ray_indices).float()
+            weights = trans[samples.ray_indices] * transmittance_before(
+                sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets, samples.ray_indices) * \
+                -torch.expm1(-sigmas * (samples.t_ends - samples.t_starts))
+            visible = (weights >= threshold).nonzero().squeeze(1)
+            rgbs = sigmas.new_zeros(sigmas.shape[0], 3)
+            if visible.numel():
+                rgbs[visible] = field.color(h[visible], directions, samples.ray_indices[visible]).float()
+        return sigmas, rgbs
 
     @torch.inference_mode()
     def render_image(self, cameras: Cameras, index: int, background: torch.Tensor,

@@ -218,6 +218,59 @@ def _straight_through(table: torch.Tensor, storage: torch.dtype) -> torch.Tensor
     return table + (table.to(storage).to(table.dtype) - table).detach()
 
 
+class _GivenFeatures(torch.autograd.Function):
+    """Features already computed by the forward kernel, attached to autograd like the forward op:
+    the backward runs the same backward op (see :func:`hash_grid_encode_given`)."""
+
+    @staticmethod
+    def forward(ctx, x, table, features, resolutions, offsets, hashed, hash_code, interpolation, storage):
+        ctx.save_for_backward(x, table)
+        ctx.layout_args = (resolutions, offsets, hashed, hash_code, interpolation, storage)
+        return features.detach().clone() if features.requires_grad else features.view_as(features)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_table, *_ = _backward(ctx, grad_out)
+        return grad_x, grad_table, None, None, None, None, None, None, None
+
+
+def hash_grid_encode_given(
+    x: torch.Tensor,
+    table: torch.Tensor,
+    layout: GridLayout,
+    features: torch.Tensor,
+    interpolation: str = "Linear",
+    storage_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """:func:`hash_grid_encode` of ``x`` when its value ``features [N, L*F]`` was already computed
+    (by this function's forward, with this ``table``, e.g. without gradients in a pre-pass): returns
+    ``features`` with the op's gradients w.r.t. ``table`` and ``x``, and runs only the backward kernel.
+
+    NeRF training evaluates the density of every marched sample without gradients, then the whole
+    field, with gradients, on the samples in front of the surfaces; handing the pre-pass's features
+    over saves the second encoding of those samples. ``features`` is trusted to be the encoding of
+    ``x``; if the table changed in between, the gradients belong to the new table and the values to the
+    old. On the reference backend the encoding is recomputed (the definition, differentiable twice).
+
+    Example::
+
+        >>> with torch.no_grad():
+        ...     features = hash_grid_encode(x, table, layout)
+        >>> y = hash_grid_encode_given(x[keep], table, layout, features[keep])   # no encoding work
+        >>> y.sum().backward()                                                  # table.grad as usual
+    """
+    _validate(x, table, layout, interpolation)
+    if features.shape != (x.shape[0], layout.n_output_dims) or features.dtype != x.dtype:
+        raise ValueError(f"features must be [{x.shape[0]}, {layout.n_output_dims}] {x.dtype} (the encoding of x), "
+                         f"got {list(features.shape)} {features.dtype}")
+    storage = storage_dtype_for(table, storage_dtype)
+    if backend_for(x.device) == "reference" or x.shape[0] == 0:
+        return hash_grid_encode(x, table, layout, interpolation, storage_dtype)
+    return _GivenFeatures.apply(x, table, features, list(layout.resolutions), list(layout.offsets),
+                                list(layout.hashed), HASH_FUNCTIONS[layout.hash_function],
+                                INTERPOLATIONS[interpolation], storage)
+
+
 def hash_grid_encode(
     x: torch.Tensor,
     table: torch.Tensor,

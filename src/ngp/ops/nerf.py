@@ -274,7 +274,9 @@ def march_rays(
     max_step = float(max_step_size) if max_step_size is not None else max(default_max, step_size)
     if not (step_size > 0 and math.isfinite(step_size)) or max_step < step_size:
         raise ValueError(f"need 0 < step_size <= max_step_size, got {step_size}, {max_step}")
-    if occupied.dtype == torch.bool:
+    if occupied.dtype == torch.bool and backend_for(origins.device) != "numba":
+        # the Numba kernels read a bool grid as bytes themselves and want the grid's own tensor, whose
+        # identity and version tell them that their block summary of it is still valid
         occupied = occupied.view(torch.uint8)
 
     first = _first_offsets(n_rays, jitter, origins.device, torch.float64)
