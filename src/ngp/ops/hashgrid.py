@@ -266,9 +266,13 @@ def hash_grid_encode_given(
     storage = storage_dtype_for(table, storage_dtype)
     if backend_for(x.device) == "reference" or x.shape[0] == 0:
         return hash_grid_encode(x, table, layout, interpolation, storage_dtype)
-    return _GivenFeatures.apply(x, table, features, list(layout.resolutions), list(layout.offsets),
-                                list(layout.hashed), HASH_FUNCTIONS[layout.hash_function],
-                                INTERPOLATIONS[interpolation], storage)
+    return _GivenFeatures.apply(x, table, features, *_op_args(layout, interpolation, storage))
+
+
+def _op_args(layout: GridLayout, interpolation: str, storage: torch.dtype) -> tuple:
+    """The layout, interpolation and storage as the custom ops take them (plain lists and ints)."""
+    return (list(layout.resolutions), list(layout.offsets), list(layout.hashed), HASH_FUNCTIONS[layout.hash_function],
+            INTERPOLATIONS[interpolation], storage)
 
 
 def hash_grid_encode(
@@ -304,13 +308,4 @@ def hash_grid_encode(
     if x.shape[0] == 0:
         # Nothing to encode: an empty result still connected to x and table (their gradients are zero).
         return x.new_zeros(0, layout.n_output_dims) + 0 * (x.sum() + table.sum())
-    return _encode_op(
-        x,
-        table,
-        list(layout.resolutions),
-        list(layout.offsets),
-        list(layout.hashed),
-        HASH_FUNCTIONS[layout.hash_function],
-        INTERPOLATIONS[interpolation],
-        storage,
-    )
+    return _encode_op(x, table, *_op_args(layout, interpolation, storage))
