@@ -1,12 +1,17 @@
 """SDF benchmarks: ground-truth libraries, and fit quality against training time.
 
     python benchmarks/bench_sdf.py gt  [--mesh armadillo.obj] [--points 100000] [--reference 20000]
+    python benchmarks/bench_sdf.py floor [--mesh armadillo.obj] [--resolution 256]
     python benchmarks/bench_sdf.py fit [--mesh armadillo.obj] [--seconds 30,60,120] [--steps 100,200]
                                        [--config FILE] [--set training.batch_size=32768 ...] [--seed 0]
 
 ``gt`` times every candidate ground-truth library on the training distribution (3/4 near-surface,
 1/4 uniform, in the unit cube) and counts sign errors against libigl's exact generalised winding
 number; candidates whose package is missing are skipped (pysdf needs a C++ compiler and Eigen).
+
+``floor`` is the best a marching-cubes mesh can do at a resolution: marching cubes of the *exact* SDF on
+the grid ``ngp sdf fit`` meshes a model on (the mesh's box), measured like a run's outputs (normal angle
+of the mesh, Chamfer distance). A learned mesh's ``normal_angle_mesh_deg`` is compared with this.
 
 ``fit`` trains once through the shared loop and evaluates at each budget (the clock stops while
 evaluating, so a 120 s point is the same as a separate 120 s run): IoU on a 128^3 grid and on
@@ -176,6 +181,21 @@ def bench_fit(args) -> None:
         Path(args.json).write_text(json.dumps({"mesh": str(args.mesh), "config": config, "results": results}, indent=2))
 
 
+def bench_floor(args) -> None:
+    from ngp.sdf.metrics import chamfer_distance, exact_sdf_mesh, mesh_normal_angle
+    from ngp.sdf.sampling import MeshSDF, mesh_aabb
+
+    unit = load_unit_mesh(args.mesh)
+    gt = MeshSDF(unit.vertices, unit.faces)
+    start = time.perf_counter()
+    vertices, faces = exact_sdf_mesh(gt, mesh_aabb(unit.vertices), args.resolution)
+    seconds = time.perf_counter() - start
+    angle = mesh_normal_angle(vertices, faces, gt.vertices, gt.faces, 100_000, np.random.default_rng(3))
+    chamfer = chamfer_distance(vertices, faces, gt.vertices, gt.faces, 100_000, np.random.default_rng(2))
+    print(f"{Path(args.mesh).name}: marching cubes of the exact SDF at {args.resolution} ({seconds:.1f} s): "
+          f"normal angle {angle:.3f} deg, Chamfer {chamfer:.4e} (unit cube), {len(faces)} faces")
+
+
 def _number(value) -> str:
     return "-" if value is None else f"{value:.3e}"
 
@@ -188,6 +208,9 @@ def main() -> None:
     gt.add_argument("--points", type=int, default=100_000)
     gt.add_argument("--reference", type=int, default=20_000)
     gt.add_argument("--repeats", type=int, default=3)
+    floor = sub.add_parser("floor", help="marching cubes of the exact SDF: the floor of a learned mesh's errors")
+    floor.add_argument("--mesh", default=str(DATA / "sdf" / "armadillo.obj"))
+    floor.add_argument("--resolution", type=int, default=256)
     fit = sub.add_parser("fit", help="fit quality against training time")
     fit.add_argument("--mesh", default=str(DATA / "sdf" / "armadillo.obj"))
     fit.add_argument("--seconds", default="30,60,120", help="comma-separated time budgets")
@@ -200,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.mesh).is_file():
         parser.error(f"mesh not found: {args.mesh} (set NGP_SHARED_DATA or pass --mesh)")
-    bench_gt(args) if args.command == "gt" else bench_fit(args)
+    {"gt": bench_gt, "floor": bench_floor, "fit": bench_fit}[args.command](args)
 
 
 if __name__ == "__main__":

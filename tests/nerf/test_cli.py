@@ -273,3 +273,17 @@ def test_bad_inputs_fail_before_writing_anything(tmp_path, config_file, monkeypa
     assert result.exit_code == 1 and ".mp4" in result.output
     result = ngp("nerf", "mesh", tmp_path / "no_run", "--out", tmp_path / "m.ply")
     assert result.exit_code == 1 and "not found" in result.output and not (tmp_path / "m.ply").exists()
+
+
+def test_collisions_of_a_nerf_run(run, tmp_path):
+    out = tmp_path / "collisions.json"
+    result = ngp("collisions", run, "--points", 20000, "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "nerf run, 20000 data points" in result.output and "share a row" in result.output
+    levels = json.loads(out.read_text())["levels"]
+    layout = load_nerf_run(run, "cpu").field.encoding.layout
+    assert [s["hashed"] for s in levels] == list(layout.hashed) and len(levels) == 8
+    for s, res in zip(levels, layout.resolutions):
+        assert 0 < s["occupied_vertices"] <= min(20000 * 8, (res + 1) ** 3)
+        assert s["colliding_vertices"] == 0 if not s["hashed"] else 0 <= s["colliding_vertices"] <= s["occupied_vertices"]
+    assert ngp("collisions", run, "--points", 0).exit_code != 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from ngp.cli import image, nerf, sdf, sweep, view
+from ngp.cli import collisions, image, nerf, sdf, sweep, view
 
 app = typer.Typer(
     name="ngp",
@@ -23,6 +23,7 @@ app.add_typer(sdf.app, name="sdf", help="Learn a signed distance function from a
 app.add_typer(nerf.app, name="nerf", help="Train a neural radiance field from posed photos; evaluate, render and mesh it.")
 app.command(name="view", no_args_is_help=True)(view.view)
 app.command(name="sweep", no_args_is_help=True)(sweep.sweep)
+app.command(name="collisions", no_args_is_help=True)(collisions.collisions)
 
 
 def main() -> None:

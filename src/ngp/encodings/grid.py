@@ -7,6 +7,22 @@ combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or ``"Product
 the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
 table is *read* in; tiny-cuda-nn has no such key, it stores tables in half when built with half
 precision). The table parameter stays float32 either way.
+
+Two of the paper's open questions ("filter the hash-table lookups") are ours too:
+
+* ``filter_radius`` (default 0: off): in training mode each point is looked up at a random offset,
+  uniform in ``±filter_radius`` cells of the finest level per axis, so the table learns the lookup
+  averaged over that footprint (a stochastic box filter: collisions and the grid's cell structure
+  are smoothed over, not memorised point by point). Evaluation looks up the point itself.
+* ``rotate_levels`` (default false): each level looks the point up in its own fixed random rotation
+  of the grid, ``y_l = R_l (x - 0.5) / sqrt(d) + 0.5`` (the ``1/sqrt(d)`` keeps the rotated cube inside
+  ``[0, 1]^d``; the level gets ``ceil(sqrt(d) N_l)`` cells per axis, so its cells keep their size in
+  ``x``). No two levels then share the grid's axes, so axis-aligned artefacts do not add up across
+  levels. The rotations are drawn from a fixed seed (the same for every grid) and kept in the state
+  dict (``level_rotations``). It costs one kernel call per level (the backward of one level runs on
+  one thread on the CPU).
+* :meth:`Grid.set_active_levels`: coarse-to-fine training (Neuralangelo), the finer levels faded in
+  by a schedule the trainer owns (the SDF's ``training.coarse_to_fine``).
 """
 
 from __future__ import annotations
@@ -38,6 +54,8 @@ GRID_DEFAULTS = {
     "stochastic_interpolation": False,
     "reduction": "Concatenation",  # ours (the paper's open question): "Sum" or "Product" over levels
     "storage_dtype": None,  # our extension: "float32" or "float16"; None: the parameter's dtype
+    "filter_radius": 0.0,  # ours: training-time lookup jitter, in cells of the finest level (see above)
+    "rotate_levels": False,  # ours: a fixed random rotation per level (see above)
 }
 #: How a grid combines its levels' feature vectors.
 REDUCTIONS = ("Concatenation", "Sum", "Product")
@@ -47,6 +65,32 @@ GRID_TYPES = ("Hash", "Dense", "Tiled")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: Initial table values are drawn from U(-INIT_SCALE, INIT_SCALE), as in the paper.
 INIT_SCALE = 1e-4
+#: The seed of ``rotate_levels``' rotations: fixed, so that a config means one encoding.
+ROTATION_SEED = 1337
+
+
+def level_rotations(n_levels: int, n_dims: int, seed: int = ROTATION_SEED) -> torch.Tensor:
+    """``[L, d, d]`` float64 random rotations (uniform: QR of Gaussian matrices, signs fixed, det +1).
+
+    Example:
+        >>> r = level_rotations(4, 3)
+        >>> torch.allclose(r @ r.transpose(1, 2), torch.eye(3).double().expand(4, 3, 3))
+        True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(n_levels, n_dims, n_dims, generator=generator, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    q[:, :, 0] *= torch.sign(torch.linalg.det(q))[:, None]  # a rotation, not a reflection
+    return q
+
+
+def rotated_layout(layout: GridLayout, log2_hashmap_size: int, grid_type: str) -> GridLayout:
+    """``layout`` with ``ceil(sqrt(d) N_l)`` cells per axis (see ``rotate_levels``), hashed by the same rule."""
+    scale = math.sqrt(layout.n_dims)
+    resolutions = [math.ceil(scale * res - 1e-9) for res in layout.resolutions]
+    return GridLayout.from_resolutions(layout.n_dims, layout.n_features, resolutions, log2_hashmap_size,
+                                       hash=grid_type == "Hash", hash_function=layout.hash_function,
+                                       tiled=grid_type == "Tiled")
 
 
 def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], grid_type: str, what: str) -> GridLayout:
@@ -146,6 +190,12 @@ class Grid(Encoding):
         self.interpolation = require_choice(config["interpolation"], INTERPOLATIONS, "interpolation", what)
         self.reduction = require_choice(config["reduction"], REDUCTIONS, "reduction", what)
         self.layout = grid_layout_from_config(n_input_dims, config, self.grid_type, what)
+        if not isinstance(config["rotate_levels"], bool):
+            raise ConfigError(f"{what}: rotate_levels must be true or false, got {config['rotate_levels']!r}")
+        if config["rotate_levels"]:
+            if n_input_dims < 2:
+                raise ConfigError(f"{what}: rotate_levels needs at least 2 input dimensions, got {n_input_dims}")
+            self.layout = rotated_layout(self.layout, config["log2_hashmap_size"], self.grid_type)
         concatenated = self.reduction == "Concatenation"
         self.n_output_dims = self.layout.n_output_dims if concatenated else self.layout.n_features
         parameter_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
@@ -156,23 +206,78 @@ class Grid(Encoding):
         self.storage_dtype = None if storage == parameter_dtype else storage
         table = torch.empty(self.layout.n_rows, self.layout.n_features, dtype=parameter_dtype)
         self.table = nn.Parameter(table.uniform_(-INIT_SCALE, INIT_SCALE, generator=seeded_generator(seed)))
+        self.filter_radius = require_float(config["filter_radius"], "filter_radius", what, 0.0)
+        self.rotate_levels = config["rotate_levels"]
+        if self.rotate_levels:
+            rotations = level_rotations(self.layout.n_levels, n_input_dims).to(parameter_dtype)
+            self.register_buffer("level_rotations", rotations / math.sqrt(n_input_dims))  # R_l / sqrt(d)
+        #: How many levels count (None: all) and each level's weight ``[L]``; see :meth:`set_active_levels`.
+        self.active_levels: float | None = None
+        self.level_weights: torch.Tensor | None = None
 
     @property
     def hashed(self) -> bool:
         return self.grid_type == "Hash"
 
+    def set_active_levels(self, active: float | None) -> None:
+        """Fade levels in, coarse to fine: levels ``0 .. floor(active) - 1`` count fully, the next one
+        with weight ``active - floor(active)``, finer ones not at all (their features are replaced by
+        the reduction's neutral value: 0, or 1 for ``"Product"``, so they get no gradient either).
+        ``None`` (or ``active >= n_levels``): every level, as without a schedule.
+
+        Example:
+            >>> grid.set_active_levels(4.5)   # levels 0-3, and level 4 at half weight
+        """
+        levels = self.layout.n_levels
+        if active is None or active >= levels:
+            self.active_levels = self.level_weights = None
+            return
+        if not active > 0:
+            raise ValueError(f"active levels must be positive (at least part of the coarsest level), got {active}")
+        weights = torch.clamp(active - torch.arange(levels, dtype=torch.float64), 0.0, 1.0)
+        self.active_levels = float(active)
+        self.level_weights = weights.to(self.table.device, self.table.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        x = x.to(self.table.dtype)
+        if self.training and self.filter_radius > 0:
+            cell = 1.0 / self.layout.resolutions[-1]
+            x = x + (torch.rand_like(x) * 2 - 1) * (self.filter_radius * cell)
         # Coordinates in the parameter's dtype (float32), never the storage's: float16 has 11
         # significant bits, too few to resolve the cells of a 2048-per-axis level.
-        features = hash_grid_encode(
-            x.to(self.table.dtype), self.table, self.layout, self.interpolation, self.storage_dtype
-        )
-        return self.output(reduce_levels(features, self.layout.n_features, self.reduction))
+        if self.rotate_levels:
+            features = self._rotated_levels(x)
+        else:
+            features = hash_grid_encode(x, self.table, self.layout, self.interpolation, self.storage_dtype)
+        return self.output(self._reduce(features))
+
+    def _rotated_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """``rotate_levels``: each level encodes its own rotated copy of the points (one op call per level;
+        ``split`` hands each level its rows, and its backward assembles the table's gradient in one piece)."""
+        layout = self.layout
+        sizes = [layout.offsets[level + 1] - layout.offsets[level] for level in range(layout.n_levels)]
+        tables = self.table.split(sizes)
+        centred = x.clamp(0.0, 1.0) - 0.5  # outside the cube: clamped (no gradient), as without rotations
+        outputs = []
+        for level, table in enumerate(tables):
+            y = centred @ self.level_rotations[level].to(x.dtype).T + 0.5
+            outputs.append(hash_grid_encode(y, table, layout.level(level), self.interpolation, self.storage_dtype))
+        return torch.cat(outputs, dim=-1)
+
+    def _reduce(self, features: torch.Tensor) -> torch.Tensor:
+        if self.level_weights is not None:
+            per_level = features.reshape(features.shape[0], self.layout.n_levels, self.layout.n_features)
+            weights = self.level_weights.to(features.device, features.dtype)[:, None]
+            neutral = 1.0 if self.reduction == "Product" else 0.0
+            features = (per_level * weights + neutral * (1 - weights)).reshape(features.shape)
+        return reduce_levels(features, self.layout.n_features, self.reduction)
 
     def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """See :meth:`Encoding.forward_given`: the grid runs only its backward kernel on these features."""
-        if self.reduction != "Concatenation" or features.dtype != self.table.dtype or self.dtype == torch.float16:
+        plain = self.reduction == "Concatenation" and self.level_weights is None and not self.rotate_levels and not (
+            self.training and self.filter_radius > 0)
+        if not plain or features.dtype != self.table.dtype or self.dtype == torch.float16:
             return self(x)
         self.check_input(x)
         return hash_grid_encode_given(x.to(self.table.dtype), self.table, self.layout, features, self.interpolation,
@@ -184,10 +289,12 @@ class Grid(Encoding):
         storage = f", storage={str(self.storage_dtype).removeprefix('torch.')}" if stored else ""
         hashing = f", hash={l.hash_function}" if l.hash_function != "CoherentPrime" else ""
         reduction = f", reduction={self.reduction}" if self.reduction != "Concatenation" else ""
+        filtered = f", filter_radius={self.filter_radius:g}" if self.filter_radius else ""
+        filtered += ", rotate_levels=True" if self.rotate_levels else ""
         return (
             f"{super().extra_repr()}, levels={l.n_levels}, features={l.n_features}, "
             f"resolutions={l.resolutions[0]}..{l.resolutions[-1]}, hashed_levels={sum(l.hashed)}, "
-            f"rows={l.n_rows}, interpolation={self.interpolation}{hashing}{reduction}{storage}"
+            f"rows={l.n_rows}, interpolation={self.interpolation}{hashing}{reduction}{storage}{filtered}"
         )
 
 

@@ -127,18 +127,27 @@ class NeuralSDF(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------------
     def geometry(self) -> dict[str, Any]:
-        """What the weights do not hold (JSON): ``{"normalization": {...}, "aabb": [[3], [3]]}``. A run
-        keeps it in its checkpoint's task state, beside the config the model is built from."""
-        return {"normalization": self.normalization.to_dict(), "aabb": self.aabb.tolist()}
+        """What the weights do not hold (JSON): ``{"normalization": {...}, "aabb": [[3], [3]]}``, and
+        ``"active_levels"`` while a coarse-to-fine schedule has not yet faded all of the grid's levels
+        in (a run stopped early is the model it was). A run keeps it in its checkpoint's task state,
+        beside the config the model is built from."""
+        geometry = {"normalization": self.normalization.to_dict(), "aabb": self.aabb.tolist()}
+        active = getattr(self.field.encoding, "active_levels", None)
+        if active is not None:
+            geometry["active_levels"] = active
+        return geometry
 
     @classmethod
     def build(cls, config: Mapping[str, Any], geometry: Mapping[str, Any] | None = None) -> "NeuralSDF":
         """A model from a run's config (its ``encoding`` and ``network``) and :meth:`geometry`'s JSON."""
         geometry = geometry or {}
         normalization = geometry.get("normalization")
-        return cls(config["encoding"], config["network"],
-                   MeshNormalization.from_dict(normalization) if normalization is not None else None,
-                   np.asarray(geometry["aabb"]) if geometry.get("aabb") is not None else None)
+        model = cls(config["encoding"], config["network"],
+                    MeshNormalization.from_dict(normalization) if normalization is not None else None,
+                    np.asarray(geometry["aabb"]) if geometry.get("aabb") is not None else None)
+        if geometry.get("active_levels") is not None:
+            model.field.encoding.set_active_levels(float(geometry["active_levels"]))
+        return model
 
     @classmethod
     def from_checkpoint(cls, run: str | Path, device: str | torch.device = "cpu") -> "NeuralSDF":

@@ -112,14 +112,20 @@ class SurfaceSampler:
         if not area.sum() > 0:
             raise ValueError("the mesh has zero surface area; cannot sample its surface")
         self.cdf = np.cumsum(area) / area.sum()
+        #: ``[F, 3]`` unit face normals (right-handed winding; zero for degenerate faces).
+        self.normals = edges / np.maximum(2.0 * area, 1e-300)[:, None]
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` points ``[n, 3]``."""
+        return self.sample_on_faces(n, rng)[0]
+
+    def sample_on_faces(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` points ``[n, 3]`` and the faces ``[n]`` they lie on (index into the mesh's faces)."""
         index = np.minimum(np.searchsorted(self.cdf, rng.random(n), side="right"), len(self.cdf) - 1)
         u, v = rng.random(n), rng.random(n)
         root = np.sqrt(u)  # uniform barycentrics: (1 - sqrt u, sqrt u (1 - v), sqrt u v)
         a, b, c = self.triangles[index, 0], self.triangles[index, 1], self.triangles[index, 2]
-        return (1 - root)[:, None] * a + (root * (1 - v))[:, None] * b + (root * v)[:, None] * c
+        return (1 - root)[:, None] * a + (root * (1 - v))[:, None] * b + (root * v)[:, None] * c, index
 
 
 @dataclass(frozen=True)

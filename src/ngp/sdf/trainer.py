@@ -8,6 +8,8 @@ they are and get the training defaults. ``training`` holds the loop's keys and t
 ``pool_size``           off-surface samples with precomputed ground truth (:class:`~ngp.sdf.sampling.SamplePool`)
 ``pool_refresh``        pool entries recomputed each step
 ``surface_offset_scale`` instant-ngp's scale of the near-surface noise
+``coarse_to_fine``      levels faded in over the first steps (:mod:`ngp.sdf.regularization`)
+``surface_regularization`` eikonal and curvature terms by central differences on surface samples
 
 Each step draws a batch from the pool (filled in the run's first step, so a time budget includes
 filling it, as instant-ngp's includes its training-set generation) and returns the configured loss
@@ -42,16 +44,21 @@ import numpy as np
 import torch
 
 from ngp.config import require_float, require_int
+from ngp.encodings import Grid
 from ngp.io.checkpoints import subset
 from ngp.io.meshes import Mesh, load_mesh, normalize_mesh, save_mesh
 from ngp.io.runs import RunFolder
 from ngp.losses import build_loss
 from ngp.optim import build_optimizer
 from ngp.sdf.extract import extract_mesh
-from ngp.sdf.metrics import cell_centres, chamfer_distance, grid_iou, iou, model_inside, near_surface_agreement
+from ngp.sdf.metrics import (cell_centres, chamfer_distance, field_normal_angle, grid_iou, iou, mesh_normal_angle,
+                             model_inside, near_surface_agreement)
 from ngp.sdf.model import NeuralSDF
+from ngp.sdf.regularization import (active_levels, check_coarse_to_fine, check_surface_regularization,
+                                    finite_difference_points, finite_difference_step, regularization_enabled,
+                                    surface_terms)
 from ngp.sdf.render import render_sdf, write_png
-from ngp.sdf.sampling import MeshSDF, SampleGenerator, SamplePool, mesh_aabb
+from ngp.sdf.sampling import MeshSDF, SampleCounts, SampleGenerator, SamplePool, mesh_aabb
 from ngp.train.loop import Batch, LoopState
 from ngp.train.precision import MixedPrecision
 from ngp.train.session import TrainRequest, input_path, train_run
@@ -114,6 +121,11 @@ class SDFTask:
         self.pool: SamplePool | None = None
         self.seconds_pool = 0.0
         self._eval_set: dict[str, np.ndarray] | None = None
+        self.coarse_to_fine, self.regularization = training["coarse_to_fine"], training["surface_regularization"]
+        # Coarse-to-fine fades a grid's levels in; other encodings (Frequency, instant-ngp's Takikawa
+        # octree) have no such levels and train whole from the start (documented in base.json).
+        self.grid = self.model.field.encoding if isinstance(self.model.field.encoding, Grid) else None
+        self._terms: dict[str, float] = {}
 
     # -- the step -----------------------------------------------------------------------------------
     def fill_pool(self) -> None:
@@ -127,14 +139,29 @@ class SDFTask:
 
     def training_batch(self, step: int) -> Batch:
         self.fill_pool()
+        if self.grid is not None and self.coarse_to_fine["steps"] > 0:
+            self.grid.set_active_levels(active_levels(self.coarse_to_fine, self.grid.layout.n_levels, step))
         points, distances = self.pool.batch(self.batch_size)
         device = self.amp.device
         points, distances = points.to(device, non_blocking=True), distances.to(device, non_blocking=True)
-        predicted = self.model.unit_sdf(points)  # float32: unit_sdf casts the MLP's output
-        return Batch(self.loss_fn(predicted, distances), self.batch_size)
+        if not regularization_enabled(self.regularization):
+            predicted = self.model.unit_sdf(points)  # float32: unit_sdf casts the MLP's output
+            return Batch(self.loss_fn(predicted, distances), self.batch_size)
+        # The batch starts with its surface samples; their neighbours go through the same forward pass.
+        n = min(self.regularization["points"], SampleCounts.of(self.batch_size).surface)
+        h = finite_difference_step(self.regularization, step)
+        values = self.model.unit_sdf(torch.cat([points, finite_difference_points(points[:n], h)]))
+        predicted = values[:len(points)]
+        eikonal, curvature = surface_terms(predicted[:n], values[len(points):], h)
+        loss = self.loss_fn(predicted, distances)
+        self._terms = {"eikonal": float(eikonal.detach()), "curvature": float(curvature.detach())}
+        loss = loss + self.regularization["eikonal"] * eikonal + self.regularization["curvature"] * curvature
+        return Batch(loss, self.batch_size)
 
     def after_step(self, batch: Batch, applied: bool) -> dict[str, float]:
-        return {}  # the loss is the figure: IoU needs the ground truth of a grid, too slow per step
+        # The loss is the figure (IoU needs the ground truth of a grid, too slow per step), with the
+        # regularisation terms when they are on.
+        return self._terms
 
     def evaluate(self) -> dict[str, float]:
         """IoU on a coarse grid and sign accuracy near the surface, on points fixed for the run (so that
@@ -183,6 +210,9 @@ class SDFTask:
     def load_extra_state(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
         if "rng" in meta:  # in place: the sample generator holds this Generator
             self.rng.bit_generator.state = meta["rng"]
+        active = meta.get("geometry", {}).get("active_levels")
+        if self.grid is not None and active is not None:  # the model as saved, until the next step sets it
+            self.grid.set_active_levels(float(active))
         self.seconds_pool = float(meta.get("seconds_ground_truth_pool", 0.0))
         if "pool" in meta:
             self.pool = SamplePool.from_state(self.generator, self.config["training"]["pool_refresh"],
@@ -196,7 +226,8 @@ def check_training(training: Mapping[str, Any]) -> Mapping[str, Any]:
     require_int(training["pool_size"], "pool_size", what, 8)
     require_int(training["pool_refresh"], "pool_refresh", what, 0)
     require_float(training["surface_offset_scale"], "surface_offset_scale", what, 1e-6)
-    return training
+    return {**training, "coarse_to_fine": check_coarse_to_fine(training["coarse_to_fine"]),
+            "surface_regularization": check_surface_regularization(training["surface_regularization"])}
 
 
 def build_sdf_task(config: dict[str, Any], device: torch.device, precision: str,
@@ -251,6 +282,10 @@ def evaluate(model: NeuralSDF, gt: MeshSDF, outputs: SDFOutputs = SDFOutputs(),
     chamfer = chamfer_distance(vertices_unit, faces, gt.vertices, gt.faces, outputs.chamfer_samples,
                                np.random.default_rng(seed + 2))
     finite = bool(np.isfinite(chamfer))  # inf: marching cubes found no surface (JSON has no inf)
+    mesh_angle = mesh_normal_angle(vertices_unit, faces, gt.vertices, gt.faces, outputs.chamfer_samples,
+                                   np.random.default_rng(seed + 3))
+    field_angle = field_normal_angle(model, gt.vertices, gt.faces, outputs.chamfer_samples,
+                                     np.random.default_rng(seed + 4))
     metrics = {
         "iou_grid": grid_iou(model, gt, outputs.iou_resolution),
         "iou_grid_resolution": outputs.iou_resolution,
@@ -261,6 +296,11 @@ def evaluate(model: NeuralSDF, gt: MeshSDF, outputs: SDFOutputs = SDFOutputs(),
         "chamfer_definition": "mean point-to-mesh distance extracted->GT plus GT->extracted, "
                               f"{outputs.chamfer_samples} surface samples each; unit cube = mesh scaled by "
                               f"1/{scale:.6g}; null: the extracted mesh is empty",
+        "normal_angle_mesh_deg": round(mesh_angle, 4) if finite else None,
+        "normal_angle_field_deg": round(field_angle, 4),
+        "normal_angle_definition": "mean angle to the nearest ground-truth triangle's normal: mesh = the "
+                                   "marching-cubes mesh's face normals at points uniform on it; field = the "
+                                   "learned SDF's gradient at points uniform on the ground truth",
         "mesh_resolution": outputs.resolution,
         "mesh_vertices": int(len(vertices_unit)),
         "mesh_faces": int(len(faces)),
@@ -271,7 +311,7 @@ def evaluate(model: NeuralSDF, gt: MeshSDF, outputs: SDFOutputs = SDFOutputs(),
 
 
 def summary_line(metrics: Mapping[str, Any], out: str | Path) -> str:
-    """What ``ngp sdf fit`` prints at the end (three lines)."""
+    """What ``ngp sdf fit`` prints at the end (four lines)."""
     chamfer = metrics["chamfer_unit_cube"]
     chamfer_text = ("no surface extracted" if chamfer is None else
                     f"{chamfer:.3e} (unit cube) = {metrics['chamfer_mesh_units']:.3e} (mesh units)")
@@ -280,7 +320,13 @@ def summary_line(metrics: Mapping[str, Any], out: str | Path) -> str:
             f"(ground-truth pool {metrics['seconds_ground_truth_pool']:.1f} s, {rate / 1e6:.2f}M samples/s)\n"
             f"  IoU grid {metrics['iou_grid_resolution']}^3: {metrics['iou_grid']:.4f}   "
             f"IoU near surface: {metrics['iou_near_surface']:.4f}\n"
-            f"  Chamfer: {chamfer_text}; wrote {out}")
+            f"  Chamfer: {chamfer_text}\n"
+            f"  normal angle: mesh {_degrees(metrics.get('normal_angle_mesh_deg'))}, "
+            f"field {_degrees(metrics.get('normal_angle_field_deg'))}; wrote {out}")
+
+
+def _degrees(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} deg"
 
 
 __all__ = ["EVAL_IOU_RESOLUTION", "PRIMITIVE", "SDFOutputs", "SDFTask", "build_sdf_task", "check_training",

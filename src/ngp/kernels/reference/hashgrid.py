@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -116,25 +117,46 @@ class GridLayout:
             >>> GridLayout.create(2, 3, 2, 4, 2, 2.0).hashed   # (2+1)^2 <= 16 < (4+1)^2
             (False, True, True)
         """
+        resolutions = [int(math.floor(base_resolution * per_level_scale**level + 1e-6)) for level in range(n_levels)]
+        # (The tiny epsilon keeps e.g. 16 * 2**(log2(128)/...) from rounding down to 127.)
+        return GridLayout.from_resolutions(n_dims, n_features, resolutions, log2_hashmap_size, hash, hash_function,
+                                           tiled)
+
+    @staticmethod
+    def from_resolutions(
+        n_dims: int,
+        n_features: int,
+        resolutions: Sequence[int],
+        log2_hashmap_size: int,
+        hash: bool = True,
+        hash_function: str = "CoherentPrime",
+        tiled: bool = False,
+    ) -> "GridLayout":
+        """The layout of levels with the given ``resolutions`` (cells per axis), each hashed or 1:1 by
+        the same rule as :meth:`create` (which computes the resolutions from ``N_min`` and ``b``)."""
         if not 1 <= n_dims <= MAX_DIMS:
             raise ValueError(f"grid encodings support 1 to {MAX_DIMS} input dimensions, got {n_dims}")
         hashmap_size = 2**log2_hashmap_size
-        resolutions, offsets, hashed = [], [0], []
-        for level in range(n_levels):
-            # The tiny epsilon keeps e.g. 16 * 2**(log2(128)/...) from rounding down to 127.
-            res = int(math.floor(base_resolution * per_level_scale**level + 1e-6))
+        offsets, hashed = [0], []
+        for res in resolutions:
             dense_rows = (res + 1) ** n_dims
             if tiled:
-                size = (resolutions[0] + 1 if resolutions else res + 1) ** n_dims
+                size = (resolutions[0] + 1) ** n_dims
                 is_hashed = dense_rows > size
             else:
                 size = hashmap_size
                 is_hashed = hash and dense_rows > hashmap_size
-            resolutions.append(res)
             hashed.append(is_hashed)
             offsets.append(offsets[-1] + (size if is_hashed else dense_rows))
         function = "Tiled" if tiled else hash_function
-        return GridLayout(n_dims, n_features, tuple(resolutions), tuple(offsets), tuple(hashed), function)
+        return GridLayout(n_dims, n_features, tuple(int(r) for r in resolutions), tuple(offsets), tuple(hashed),
+                          function)
+
+    def level(self, level: int) -> "GridLayout":
+        """Level ``level`` alone, as a one-level layout whose rows are ``offsets[level]:offsets[level+1]``."""
+        size = self.offsets[level + 1] - self.offsets[level]
+        return GridLayout(self.n_dims, self.n_features, (self.resolutions[level],), (0, size), (self.hashed[level],),
+                          self.hash_function)
 
 
 def corner_indices(cell: torch.Tensor, level: int, layout: GridLayout) -> torch.Tensor:
