@@ -224,3 +224,16 @@ def test_collisions_of_an_sdf_run(tmp_path, sphere_file):
     occupied = [s["occupied_vertices"] for s in levels]
     assert occupied == sorted(occupied) and levels[-1]["colliding_vertices"] > 0
     assert CliRunner().invoke(app, ["collisions", str(tmp_path / "nothing")]).exit_code != 0
+
+
+def test_a_config_from_before_the_options_keeps_them_off():
+    # a checkpoint's config written before these sections existed: its run resumes as it trained
+    from ngp.sdf.trainer import check_training
+
+    old = {k: v for k, v in build_config("sdf", SMALL_CONFIG)["training"].items()
+           if k not in ("coarse_to_fine", "surface_regularization")}
+    checked = check_training(old)
+    assert checked["coarse_to_fine"]["steps"] == 0
+    assert checked["surface_regularization"]["eikonal"] == checked["surface_regularization"]["curvature"] == 0
+    new = check_training(build_config("sdf", SMALL_CONFIG)["training"])  # while a new run gets the defaults
+    assert new["coarse_to_fine"]["steps"] > 0 and new["surface_regularization"]["eikonal"] > 0

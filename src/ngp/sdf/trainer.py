@@ -226,8 +226,12 @@ def check_training(training: Mapping[str, Any]) -> Mapping[str, Any]:
     require_int(training["pool_size"], "pool_size", what, 8)
     require_int(training["pool_refresh"], "pool_refresh", what, 0)
     require_float(training["surface_offset_scale"], "surface_offset_scale", what, 1e-6)
-    return {**training, "coarse_to_fine": check_coarse_to_fine(training["coarse_to_fine"]),
-            "surface_regularization": check_surface_regularization(training["surface_regularization"])}
+    # A config without these sections is a checkpoint's from before they existed: that run trained
+    # without them, and a resumed run keeps its config, so they stay off.
+    coarse_to_fine = training.get("coarse_to_fine", {"steps": 0})
+    regularization = training.get("surface_regularization", {"eikonal": 0.0, "curvature": 0.0})
+    return {**training, "coarse_to_fine": check_coarse_to_fine(coarse_to_fine),
+            "surface_regularization": check_surface_regularization(regularization)}
 
 
 def build_sdf_task(config: dict[str, Any], device: torch.device, precision: str,
