@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ngp.kernels.reference.hashgrid import GridLayout, corner_indices
+from ngp.kernels.reference.hashgrid import GridLayout, corner_indices, corner_offsets, lower_corners
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,12 @@ def occupied_vertices(points: torch.Tensor, layout: GridLayout, level: int, chun
     """``[N, d]`` points in ``[0, 1]^d`` -> ``[M, d]`` int64: the distinct vertices of the cells holding
     them at ``level`` (the ``2^d`` corners each lookup reads), in the order of their linear index."""
     d, res = layout.n_dims, layout.resolutions[level]
-    corners = torch.tensor([[(c >> i) & 1 for i in range(d)] for c in range(2**d)], dtype=torch.int64)
+    corners = corner_offsets(d)
     strides = (res + 1) ** torch.arange(d, dtype=torch.int64)
     keys = []
     for start in range(0, len(points), chunk):
         x = points[start:start + chunk].detach().to("cpu", torch.float64).clamp(0.0, 1.0)
-        cell = torch.floor(x * res).clamp(max=res - 1).long()  # as the kernels: x = 1 is in the last cell
+        cell = lower_corners(x * res, res)
         keys.append(torch.unique(((cell[:, None, :] + corners[None]) * strides).sum(-1)))
     keys = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.int64)
     return torch.stack([(keys // strides[i]) % (res + 1) for i in range(d)], dim=-1)

@@ -263,6 +263,19 @@ def interpolation_weights(frac: torch.Tensor, interpolation: str) -> torch.Tenso
     raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {sorted(INTERPOLATIONS)}")
 
 
+def corner_offsets(n_dims: int, device=None) -> torch.Tensor:
+    """``[2^d, d]`` int64: the offsets of a cell's corners from its lower corner, corner ``c`` having
+    bit ``i`` of ``c`` on axis ``i`` (the order of the interpolation weights)."""
+    return torch.tensor([[(c >> i) & 1 for i in range(n_dims)] for c in range(2**n_dims)], dtype=torch.int64,
+                        device=device)
+
+
+def lower_corners(pos: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``[N, d]`` positions in cells (``x * N_l``, ``x`` in ``[0, 1]``) -> ``[N, d]`` int64 lower corners of
+    their cells; ``x = 1`` lies in the last cell, as in every kernel."""
+    return torch.floor(pos.detach()).clamp(max=resolution - 1).long()
+
+
 def hash_grid_encode(
     x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: str = "Linear"
 ) -> torch.Tensor:
@@ -284,16 +297,13 @@ def hash_grid_encode(
         >>> hash_grid_encode(torch.rand(5, 2), table, layout).shape
         torch.Size([5, 8])
     """
-    d = layout.n_dims
     x = x.clamp(0.0, 1.0)
-    corners = torch.tensor(
-        [[(c >> i) & 1 for i in range(d)] for c in range(2**d)], dtype=torch.int64, device=x.device
-    )  # [2^d, d]
+    corners = corner_offsets(layout.n_dims, x.device)  # [2^d, d]
     outputs = []
     for level in range(layout.n_levels):
         res = layout.resolutions[level]
         pos = x * res
-        cell = torch.floor(pos.detach()).clamp(max=res - 1).long()  # [N, d]
+        cell = lower_corners(pos, res)  # [N, d]
         w_upper = interpolation_weights(pos - cell.to(pos.dtype), interpolation)  # [N, d]
         vertices = cell[:, None, :] + corners[None]  # [N, 2^d, d]
         rows = corner_indices(vertices, level, layout) + layout.offsets[level]  # [N, 2^d]
