@@ -6,6 +6,8 @@ gradients), and gradcheck of the reference. The Triton kernels: ``test_triton_ha
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -214,3 +216,75 @@ def test_reduction_gradients_match_the_reference(reduction, monkeypatch):
     monkeypatch.setenv("NGP_BACKEND", "reference")
     xs = (torch.rand(4, 3, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
     assert torch.autograd.gradcheck(grid, (xs,))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Searched hashes: a layout's own factors (``hash_primes``), as ngp.encodings.hash_search finds them
+# ----------------------------------------------------------------------------------------------------
+
+#: Factors no built-in hash uses: an even first factor, a large odd one, one past 2^31.
+SEARCHED = (6, 3000000019, 2147483659, 12345)
+
+
+def xor_of_products(cell, primes):
+    row = 0
+    for c, p in zip(cell, primes):
+        row ^= (c * p) & 0xFFFFFFFF
+    return row
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=str)
+def test_searched_primes_index_as_the_xor_of_products(cell, monkeypatch):
+    primes = SEARCHED[:len(cell)]
+    for size in (2**19, 1000):
+        expected = xor_of_products(cell, primes) % size
+        assert spatial_hash(torch.tensor([cell]), size, "CoherentPrime", primes).item() == expected
+        # CoherentPrime's fast Numba path has its own primes built in: the searched ones must bypass it
+        resolution = 2 * max(max(cell), 1)
+        layout = GridLayout(len(cell), 1, (resolution,), (0, size), (True,), "CoherentPrime", primes)
+        monkeypatch.setenv("NGP_BACKEND", "numba")
+        x = torch.tensor([cell], dtype=torch.float64) / resolution
+        table = torch.arange(size, dtype=torch.float64)[:, None]
+        assert int(hash_grid_encode(x, table, layout, "Nearest").item()) == expected
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_numba_matches_reference_with_searched_primes(d, monkeypatch):
+    g = torch.Generator().manual_seed(d)
+    for layout in layouts(d, "CoherentPrime"):
+        layout = dataclasses.replace(layout, hash_primes=SEARCHED[:d])
+        x = torch.rand(150, d, generator=g, dtype=torch.float64)
+        table = torch.randn(layout.n_rows, 2, generator=g, dtype=torch.float64)
+        grad_out = torch.randn(150, layout.n_output_dims, generator=g, dtype=torch.float64)
+        monkeypatch.setenv("NGP_BACKEND", "reference")
+        expected = encode_with_grads(x, table, layout, "Linear", grad_out)
+        monkeypatch.setenv("NGP_BACKEND", "numba")
+        for a, b in zip(encode_with_grads(x, table, layout, "Linear", grad_out), expected):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        default = encode_with_grads(x, table, dataclasses.replace(layout, hash_primes=()), "Linear", grad_out)
+        assert not torch.equal(default[0], expected[0])  # the primes changed the rows
+
+
+def test_reference_gradcheck_with_searched_primes(monkeypatch):
+    monkeypatch.setenv("NGP_BACKEND", "reference")
+    layout = GridLayout.create(2, 3, 2, 4, 3, 1.6, hash_primes=(7, 40503))
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(6, 2, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    table = torch.randn(layout.n_rows, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, t: hash_grid_encode(x, t, layout, "Linear"), (x, table))
+
+
+def test_hash_primes_key():
+    config = {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 10, "hash_primes": [1, 19349663, 83492791]}
+    enc = ngp.Encoding(3, config)
+    assert enc.layout.hash_primes == (1, 19349663, 83492791) and "hash_primes=[1, 19349663, 83492791]" in repr(enc)
+    assert ngp.Encoding(3, {**config, "hash": "Prime"}).layout.primes[:3] == (1, 19349663, 83492791)
+    for bad, message in [([1, 2], "3 to 4 hash primes"), ([1, 2, 0], r"\[1, 2\^32\)"), ([1, 2, 2**32], r"2\^32"),
+                         ([1, 2, 3.5], "integers"), ("1,2,3", "list of 3 integers")]:
+        with pytest.raises(ngp.ConfigError, match=message):
+            ngp.Encoding(3, {**config, "hash_primes": bad})
+    with pytest.raises(ngp.ConfigError, match="xor-of-products"):
+        ngp.Encoding(3, {**config, "hash": "BaseConvert"})
+    with pytest.raises(ngp.ConfigError, match="Tiled grid"):
+        ngp.Encoding(3, {**config, "otype": "TiledGrid"})
+

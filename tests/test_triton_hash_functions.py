@@ -112,7 +112,8 @@ def test_hash_kernels_compile_for_an_h100_without_a_gpu(monkeypatch, hash_code, 
     except ImportError as exc:  # pragma: no cover - depends on the Triton version
         pytest.skip(f"this Triton has no offline compile API: {exc}")
     compiled = kernels_for_mode(tk.__name__)
-    const = {"D": 3, "F": 2, "INTERP": 1, "BLOCK": 128, "HASH": hash_code, "POW2": pow2}
+    const = {"D": 3, "F": 2, "INTERP": 1, "BLOCK": 128,
+             **tk._hash_constexprs(torch.zeros(1, 8, dtype=torch.int64), hash_code, bool(pow2))}
     common = {"meta_ptr": "*i64", "scales_ptr": "*fp32", "n_points": "i32", "out_stride": "i32", "n_levels": "i32"}
     signatures = {
         "_forward_kernel": {"x_ptr": "*fp32", "table_ptr": "*fp16", "out_ptr": "*fp32"},
@@ -127,3 +128,31 @@ def test_hash_kernels_compile_for_an_h100_without_a_gpu(monkeypatch, hash_code, 
         assert len(kernel.asm["cubin"]) > 0, name
         if not pow2:
             assert "rem.u32" in kernel.asm["ptx"], name  # rows by % T
+
+
+#: Factors no built-in hash uses: an even first factor, a large odd one, one past 2^31.
+SEARCHED = (6, 3000000019, 2147483659, 12345)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_triton_kernels_take_searched_primes(d, monkeypatch):
+    """A layout's ``hash_primes`` reach the Triton kernels (compile-time constants P0..P3): rows as
+    the xor-of-products definition, forward and gradients as the reference."""
+    monkeypatch.setenv("NGP_BACKEND", "triton")
+    cell = (70000, 3, 650_000)[:d]
+    layout = GridLayout(d, 1, (2 * max(cell),), (0, 1000), (True,), "CoherentPrime", SEARCHED[:d])
+    table = torch.arange(1000, dtype=torch.float64)[:, None]
+    x = torch.tensor([cell], dtype=torch.float64) / (2 * max(cell))
+    expected = 0
+    for c, p in zip(cell, SEARCHED):
+        expected ^= (c * p) & 0xFFFFFFFF
+    assert int(hash_grid_encode(x, table, layout, "Nearest").item()) == expected % 1000
+    g = torch.Generator().manual_seed(d)
+    lay = GridLayout.create(d, 3, 2, 5, 3, 2.0, hash_primes=SEARCHED[:d])
+    x = torch.rand(24, d, generator=g, dtype=torch.float64)
+    table = torch.randn(lay.n_rows, 2, generator=g, dtype=torch.float64)
+    grad_out = torch.randn(24, lay.n_output_dims, generator=g, dtype=torch.float64)
+    got = encode_with_grads(x, table, lay, "Linear", grad_out)
+    monkeypatch.setenv("NGP_BACKEND", "reference")
+    for a, b in zip(got, encode_with_grads(x, table, lay, "Linear", grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

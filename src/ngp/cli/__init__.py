@@ -24,6 +24,7 @@ app.add_typer(nerf.app, name="nerf", help="Train a neural radiance field from po
 app.command(name="view", no_args_is_help=True)(view.view)
 app.command(name="sweep", no_args_is_help=True)(sweep.sweep)
 app.command(name="collisions", no_args_is_help=True)(collisions.collisions)
+app.command(name="hash-search", no_args_is_help=True)(collisions.hash_search)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 ``TiledGrid`` (levels finer than the coarsest wrap around into as many rows as it has).
 
 Config keys are tiny-cuda-nn's (``hash``: its five hash functions; ``fixed_point_pos``: accepted, no
-effect, see :data:`GRID_DEFAULTS`), plus ``finest_resolution``, ``reduction`` (how the levels are
+effect, see :data:`GRID_DEFAULTS`), plus ``hash_primes`` (the factors of an xor-of-products hash, one
+per axis, in place of its own: what ``ngp hashsearch`` finds), ``finest_resolution``, ``reduction`` (how the levels are
 combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or ``"Product"``, elementwise over
 the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
 table is *read* in; tiny-cuda-nn has no such key, it stores tables in half when built with half
@@ -35,7 +36,7 @@ from torch import nn
 
 from ngp.config import ConfigError, require_choice, require_float, require_int, with_defaults
 from ngp.encodings.base import NESTED_KEYS, Encoding, register_encoding, seeded_generator
-from ngp.kernels.reference.hashgrid import CONFIG_HASHES, INTERPOLATIONS, MAX_DIMS, GridLayout
+from ngp.kernels.reference.hashgrid import CONFIG_HASHES, INTERPOLATIONS, MAX_DIMS, GridLayout, check_hash_primes
 from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_given
 
 GRID_DEFAULTS = {
@@ -47,6 +48,8 @@ GRID_DEFAULTS = {
     "finest_resolution": None,  # N_max: derives per_level_scale = (N_max / N_min)^(1 / (L - 1))
     "interpolation": "Linear",
     "hash": "CoherentPrime",  # tiny-cuda-nn's hash functions (ngp.kernels.reference.hashgrid)
+    # ours: factors [P_0, P_1, ...] replacing an xor-of-products hash's own (what `ngp hashsearch` finds)
+    "hash_primes": None,
     # tiny-cuda-nn snaps positions to 32-bit fixed point on the GPU; accepted, no effect here: the
     # kernels compute x * N_l in the coordinates' float type, as the reference does
     "fixed_point_pos": False,
@@ -90,7 +93,7 @@ def rotated_layout(layout: GridLayout, log2_hashmap_size: int, grid_type: str) -
     resolutions = [math.ceil(scale * res - 1e-9) for res in layout.resolutions]
     return GridLayout.from_resolutions(layout.n_dims, layout.n_features, resolutions, log2_hashmap_size,
                                        hash=grid_type == "Hash", hash_function=layout.hash_function,
-                                       tiled=grid_type == "Tiled")
+                                       tiled=grid_type == "Tiled", hash_primes=layout.hash_primes)
 
 
 def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], grid_type: str, what: str) -> GridLayout:
@@ -111,13 +114,30 @@ def grid_layout_from_config(n_input_dims: int, config: Mapping[str, Any], grid_t
         scale = math.exp(math.log(finest / base) / (levels - 1)) if levels > 1 else 1.0
     scale = require_float(2.0 if scale is None else scale, "per_level_scale", what, 1.0)
     hash_function = require_choice(config["hash"], CONFIG_HASHES, "hash", what)
+    primes = _hash_primes(config["hash_primes"], n_input_dims, hash_function, what)
+    if primes and grid_type != "Hash":
+        raise ConfigError(f"{what}: hash_primes apply to hashed grids, not to a {grid_type} grid")
     if not isinstance(config["fixed_point_pos"], bool):
         raise ConfigError(f"{what}: fixed_point_pos must be true or false, got {config['fixed_point_pos']!r}")
     if config["stochastic_interpolation"] is not False:
         raise ConfigError(f"{what}: stochastic_interpolation={config['stochastic_interpolation']!r} is not supported "
                           "(only false, tiny-cuda-nn's default)")
     return GridLayout.create(n_input_dims, levels, features, log2_size, base, scale, hash=grid_type == "Hash",
-                             hash_function=hash_function, tiled=grid_type == "Tiled")
+                             hash_function=hash_function, tiled=grid_type == "Tiled", hash_primes=primes)
+
+
+def _hash_primes(value: Any, n_input_dims: int, hash_function: str, what: str) -> tuple[int, ...]:
+    """The ``hash_primes`` key: ``None`` (the hash function's own factors) or one integer per axis."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{what}: hash_primes must be a list of {n_input_dims} integers (one per axis), "
+                          f"got {value!r}")
+    try:
+        check_hash_primes(tuple(value), n_input_dims, hash_function)
+    except ValueError as error:
+        raise ConfigError(f"{what}: {error}") from None
+    return tuple(int(p) for p in value)
 
 
 def storage_dtype_from(config_value: Any, keyword: Any, what: str) -> torch.dtype | None:
@@ -288,6 +308,7 @@ class Grid(Encoding):
         stored = self.storage_dtype not in (None, self.table.dtype)
         storage = f", storage={str(self.storage_dtype).removeprefix('torch.')}" if stored else ""
         hashing = f", hash={l.hash_function}" if l.hash_function != "CoherentPrime" else ""
+        hashing += f", hash_primes={list(l.hash_primes)}" if l.hash_primes else ""
         reduction = f", reduction={self.reduction}" if self.reduction != "Concatenation" else ""
         filtered = f", filter_radius={self.filter_radius:g}" if self.filter_radius else ""
         filtered += ", rotate_levels=True" if self.rotate_levels else ""

@@ -72,10 +72,11 @@ def _kernels_for(x: torch.Tensor) -> ModuleType:
 _HASH_NAMES = {code: name for name, code in HASH_FUNCTIONS.items()}
 
 
-def _layout(x: torch.Tensor, table: torch.Tensor, resolutions, offsets, hashed, hash_code: int) -> GridLayout:
+def _layout(x: torch.Tensor, table: torch.Tensor, resolutions, offsets, hashed, hash_code: int,
+            hash_primes) -> GridLayout:
     """Rebuild the (hashable, cached-by-kernels) layout from the op's plain-list arguments."""
     return GridLayout(x.shape[1], table.shape[1], tuple(resolutions), tuple(offsets), tuple(bool(h) for h in hashed),
-                      _HASH_NAMES[hash_code])
+                      _HASH_NAMES[hash_code], tuple(hash_primes))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -91,16 +92,17 @@ def _encode_op(
     offsets: list[int],
     hashed: list[bool],
     hash_code: int,
+    hash_primes: list[int],
     interpolation: int,
     storage: torch.dtype,
 ) -> torch.Tensor:
-    layout = _layout(x, table, resolutions, offsets, hashed, hash_code)
+    layout = _layout(x, table, resolutions, offsets, hashed, hash_code, hash_primes)
     stored = table.contiguous().to(storage)  # the one cast per call (a no-op without narrower storage)
     return _kernels_for(x).forward(x.contiguous(), stored, layout, interpolation)
 
 
 @_encode_op.register_fake
-def _(x, table, resolutions, offsets, hashed, hash_code, interpolation, storage):
+def _(x, table, resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage):
     return x.new_empty(x.shape[0], len(resolutions) * table.shape[1])
 
 
@@ -113,12 +115,13 @@ def _encode_backward_op(
     offsets: list[int],
     hashed: list[bool],
     hash_code: int,
+    hash_primes: list[int],
     interpolation: int,
     storage: torch.dtype,
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    layout = _layout(x, table, resolutions, offsets, hashed, hash_code)
+    layout = _layout(x, table, resolutions, offsets, hashed, hash_code, hash_primes)
     # The table gradient does not read table values: cast again only for the x-gradient.
     stored = table.contiguous().to(storage) if needs_x_grad else table.contiguous()
     grad_table, grad_x = _kernels_for(x).backward(
@@ -131,17 +134,17 @@ def _encode_backward_op(
 
 
 @_encode_backward_op.register_fake
-def _(grad_out, x, table, resolutions, offsets, hashed, hash_code, interpolation, storage, needs_table_grad,
-      needs_x_grad):
+def _(grad_out, x, table, resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage,
+      needs_table_grad, needs_x_grad):
     grad_table = table.new_empty(table.shape if needs_table_grad else (0,))
     grad_x = x.new_empty(x.shape if needs_x_grad else (0,))
     return grad_table, grad_x
 
 
 def _setup_context(ctx, inputs, output):
-    x, table, resolutions, offsets, hashed, hash_code, interpolation, storage = inputs
+    x, table, resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage = inputs
     ctx.save_for_backward(x, table)  # the master, not the cast copy: no extra memory between passes
-    ctx.layout_args = (resolutions, offsets, hashed, hash_code, interpolation, storage)
+    ctx.layout_args = (resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage)
 
 
 def _backward(ctx, grad_out):
@@ -151,6 +154,7 @@ def _backward(ctx, grad_out):
     return (
         grad_x if needs_x_grad else None,
         grad_table if needs_table_grad else None,
+        None,
         None,
         None,
         None,
@@ -223,15 +227,15 @@ class _GivenFeatures(torch.autograd.Function):
     the backward runs the same backward op (see :func:`hash_grid_encode_given`)."""
 
     @staticmethod
-    def forward(ctx, x, table, features, resolutions, offsets, hashed, hash_code, interpolation, storage):
+    def forward(ctx, x, table, features, resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage):
         ctx.save_for_backward(x, table)
-        ctx.layout_args = (resolutions, offsets, hashed, hash_code, interpolation, storage)
+        ctx.layout_args = (resolutions, offsets, hashed, hash_code, hash_primes, interpolation, storage)
         return features.detach().clone() if features.requires_grad else features.view_as(features)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_x, grad_table, *_ = _backward(ctx, grad_out)
-        return grad_x, grad_table, None, None, None, None, None, None, None
+        return grad_x, grad_table, None, None, None, None, None, None, None, None
 
 
 def hash_grid_encode_given(
@@ -272,7 +276,7 @@ def hash_grid_encode_given(
 def _op_args(layout: GridLayout, interpolation: str, storage: torch.dtype) -> tuple:
     """The layout, interpolation and storage as the custom ops take them (plain lists and ints)."""
     return (list(layout.resolutions), list(layout.offsets), list(layout.hashed), HASH_FUNCTIONS[layout.hash_function],
-            INTERPOLATIONS[interpolation], storage)
+            list(layout.hash_primes), INTERPOLATIONS[interpolation], storage)
 
 
 def hash_grid_encode(

@@ -702,13 +702,22 @@ def constants(layout: GridLayout, dtype: np.dtype) -> tuple[np.ndarray, np.ndarr
 
 
 @functools.lru_cache(maxsize=64)
-def hash_constants(hash_function: str, n_dims: int) -> np.ndarray:
+def hash_constants(hash_function: str, n_dims: int, primes: tuple[int, ...] = ()) -> np.ndarray:
     """``int64 [5]``: the hash kind (:data:`HASH_FUNCTIONS`), then one constant per axis: the prime
     (xor-of-products hashes), ``m^(d - axis) mod 2^32`` (``BaseConvert``, whose sequential
-    ``k = (k + c_i) * m`` unrolls into a sum of such terms) or the bit shift (``Rng``)."""
+    ``k = (k + c_i) * m`` unrolls into a sum of such terms) or the bit shift (``Rng``).
+
+    ``primes`` (a layout's ``hash_primes``) replace an xor-of-products hash's factors; the kind is then
+    ``Prime``'s, the generic path's xor-of-products code. (The 2-D/3-D fast paths keep CoherentPrime's
+    primes as compile-time constants: reading factors at run time there cost the 3-D forward kernel
+    5-15 %, measured, so searched hashes take the generic path.)
+    """
     kind = HASH_FUNCTIONS[hash_function]
     factors = [0] * MAX_DIMS
-    if hash_function in HASH_PRIMES:
+    if primes:
+        kind = HASH_FUNCTIONS["Prime"]
+        factors = list(primes) + [0] * (MAX_DIMS - len(primes))
+    elif hash_function in HASH_PRIMES:
         factors = list(HASH_PRIMES[hash_function])
     elif hash_function == "BaseConvert":
         factors[:n_dims] = [pow(BASE_CONVERT_FACTOR, n_dims - axis, 2**32) for axis in range(n_dims)]
@@ -737,7 +746,8 @@ def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolat
     xs, ts = _numpy(x), _numpy(_widened(table, x))
     meta, scales = constants(layout, xs.dtype)
     out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype)
-    encode(xs, ts, meta, scales, interpolation, out.numpy(), hash_constants(layout.hash_function, layout.n_dims))
+    hashing = hash_constants(layout.hash_function, layout.n_dims, layout.hash_primes)
+    encode(xs, ts, meta, scales, interpolation, out.numpy(), hashing)
     return out
 
 
@@ -754,7 +764,7 @@ def backward(
     table = _widened(table, x)
     xs, ts, gs = _numpy(x), _numpy(table), _numpy(grad_out)
     meta, scales = constants(layout, xs.dtype)
-    hashing = hash_constants(layout.hash_function, layout.n_dims)
+    hashing = hash_constants(layout.hash_function, layout.n_dims, layout.hash_primes)
     grads = _level_major_grads(gs, meta, table.shape[1])
     grad_table = grad_x = None
     if needs_table_grad:

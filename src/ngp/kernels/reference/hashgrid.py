@@ -25,6 +25,9 @@ integer vertex ``c`` (uint32 per axis) to a uint32, then ``mod T``):
 * ``Rng``: a PCG32 generator seeded with 1337 (stream 1) is advanced by
   ``step = xor_i (c_i << (i * (64 // d)))`` (64-bit) and its next 32-bit output is the hash.
 
+A layout's ``hash_primes`` replace an xor-of-products hash's factors ``P`` (the factors that
+:mod:`ngp.encodings.hash_search` searches over; the ``hash_primes`` key of a grid config).
+
 One internal value, ``Tiled`` (set by the ``TiledGrid`` encoding, not a config value): the dense index
 ``sum_i c_i (N_l + 1)^i`` modulo the level's size, i.e. levels finer than the coarsest reuse its rows.
 """
@@ -79,10 +82,23 @@ class GridLayout:
     offsets: tuple[int, ...]
     hashed: tuple[bool, ...]
     hash_function: str = "CoherentPrime"
+    #: Factors of an xor-of-products hash in place of ``hash_function``'s own (one per axis, each in
+    #: ``[1, 2^32)``); empty: the function's. What :mod:`ngp.encodings.hash_search` varies.
+    hash_primes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.hash_function not in HASH_FUNCTIONS:
             raise ValueError(f"unknown hash function {self.hash_function!r}; expected one of {list(HASH_FUNCTIONS)}")
+        if self.hash_primes:
+            check_hash_primes(self.hash_primes, self.n_dims, self.hash_function)
+
+    @property
+    def primes(self) -> tuple[int, ...]:
+        """The xor-of-products hash's factors, one per axis up to :data:`MAX_DIMS` (``hash_primes`` or
+        the hash function's own); empty for the other hash functions."""
+        if self.hash_primes:
+            return tuple(self.hash_primes) + PRIMES[len(self.hash_primes):]
+        return HASH_PRIMES.get(self.hash_function, ())
 
     @property
     def n_levels(self) -> int:
@@ -107,6 +123,7 @@ class GridLayout:
         hash: bool = True,
         hash_function: str = "CoherentPrime",
         tiled: bool = False,
+        hash_primes: Sequence[int] = (),
     ) -> "GridLayout":
         """Build the layout of a hash grid (``hash=True``), a dense grid (``hash=False``) or a tiled
         grid (``tiled=True``: a level with more vertices than the coarsest level reuses the coarsest
@@ -120,7 +137,7 @@ class GridLayout:
         resolutions = [int(math.floor(base_resolution * per_level_scale**level + 1e-6)) for level in range(n_levels)]
         # (The tiny epsilon keeps e.g. 16 * 2**(log2(128)/...) from rounding down to 127.)
         return GridLayout.from_resolutions(n_dims, n_features, resolutions, log2_hashmap_size, hash, hash_function,
-                                           tiled)
+                                           tiled, hash_primes)
 
     @staticmethod
     def from_resolutions(
@@ -131,6 +148,7 @@ class GridLayout:
         hash: bool = True,
         hash_function: str = "CoherentPrime",
         tiled: bool = False,
+        hash_primes: Sequence[int] = (),
     ) -> "GridLayout":
         """The layout of levels with the given ``resolutions`` (cells per axis), each hashed or 1:1 by
         the same rule as :meth:`create` (which computes the resolutions from ``N_min`` and ``b``)."""
@@ -150,13 +168,13 @@ class GridLayout:
             offsets.append(offsets[-1] + (size if is_hashed else dense_rows))
         function = "Tiled" if tiled else hash_function
         return GridLayout(n_dims, n_features, tuple(int(r) for r in resolutions), tuple(offsets), tuple(hashed),
-                          function)
+                          function, tuple(int(p) for p in hash_primes))
 
     def level(self, level: int) -> "GridLayout":
         """Level ``level`` alone, as a one-level layout whose rows are ``offsets[level]:offsets[level+1]``."""
         size = self.offsets[level + 1] - self.offsets[level]
         return GridLayout(self.n_dims, self.n_features, (self.resolutions[level],), (0, size), (self.hashed[level],),
-                          self.hash_function)
+                          self.hash_function, self.hash_primes)
 
 
 def corner_indices(cell: torch.Tensor, level: int, layout: GridLayout) -> torch.Tensor:
@@ -164,7 +182,7 @@ def corner_indices(cell: torch.Tensor, level: int, layout: GridLayout) -> torch.
     res = layout.resolutions[level]
     size = layout.offsets[level + 1] - layout.offsets[level]
     if layout.hashed[level] and layout.hash_function != "Tiled":
-        return spatial_hash(cell, size, layout.hash_function)
+        return spatial_hash(cell, size, layout.hash_function, layout.hash_primes)
     index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
     stride = 1
     for i in range(layout.n_dims):
@@ -173,18 +191,37 @@ def corner_indices(cell: torch.Tensor, level: int, layout: GridLayout) -> torch.
     return index % size if layout.hashed[level] else index
 
 
-def spatial_hash(cell: torch.Tensor, hashmap_size: int, hash_function: str = "CoherentPrime") -> torch.Tensor:
+def check_hash_primes(primes: Sequence[int], n_dims: int, hash_function: str = "CoherentPrime") -> None:
+    """Raise ValueError unless ``primes`` can replace ``hash_function``'s factors: an xor-of-products
+    hash (:data:`HASH_PRIMES`), at least one factor per axis (at most :data:`MAX_DIMS`), integers in
+    ``[1, 2^32)`` (they multiply uint32 coordinates; they need not be prime, but odd ones lose no bits)."""
+    if hash_function not in HASH_PRIMES:
+        raise ValueError(f"hash primes replace the factors of an xor-of-products hash ({', '.join(HASH_PRIMES)}), "
+                         f"not of {hash_function!r}")
+    if not n_dims <= len(primes) <= MAX_DIMS:
+        raise ValueError(f"expected {n_dims} to {MAX_DIMS} hash primes (one per axis), got {len(primes)}")
+    for p in primes:
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p < 2**32:
+            raise ValueError(f"hash primes must be integers in [1, 2^32), got {p!r}")
+
+
+def spatial_hash(cell: torch.Tensor, hashmap_size: int, hash_function: str = "CoherentPrime",
+                 primes: Sequence[int] = ()) -> torch.Tensor:
     """A spatial hash (see the module doc) of integer vertices ``cell`` ([..., d]) -> [...] in ``[0, T)``.
+    ``primes``: factors in place of an xor-of-products ``hash_function``'s own (see :class:`GridLayout`).
 
     Example:
         >>> spatial_hash(torch.tensor([[1, 1, 1]]), 2**19).item() == (1 ^ 2654435761 ^ 805459861) % 2**19
         True
     """
     cell = cell.long()
+    if primes:
+        check_hash_primes(primes, cell.shape[-1], hash_function)
     if hash_function in HASH_PRIMES:
+        factors = tuple(primes) or HASH_PRIMES[hash_function]
         index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
         for i in range(cell.shape[-1]):
-            index ^= (cell[..., i] * HASH_PRIMES[hash_function][i]) & 0xFFFFFFFF
+            index ^= (cell[..., i] * factors[i]) & 0xFFFFFFFF
     elif hash_function == "BaseConvert":
         index = torch.zeros(cell.shape[:-1], dtype=torch.int64, device=cell.device)
         for i in range(cell.shape[-1]):

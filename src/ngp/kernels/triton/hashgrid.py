@@ -57,7 +57,14 @@ import functools
 import numpy as np
 import torch
 
-from ngp.kernels.reference.hashgrid import HASH_FUNCTIONS, INTERPOLATIONS, PRIMES, GridLayout
+from ngp.kernels.reference.hashgrid import (
+    HASH_FUNCTIONS,
+    HASH_PRIMES,
+    INTERPOLATIONS,
+    PRIMES,
+    GridLayout,
+    check_hash_primes,
+)
 from ngp.kernels.triton import check_device, interpreting, kernels_for_mode
 
 try:
@@ -136,28 +143,22 @@ def _level_axes(x_ptr, offs, mask, D: tl.constexpr, scale, res, INTERP: tl.const
 
 
 @_jit
-def _axis_hash(h, v, AXIS: tl.constexpr, D: tl.constexpr, HASH: tl.constexpr):
+def _axis_hash(h, v, AXIS: tl.constexpr, D: tl.constexpr, HASH: tl.constexpr, P: tl.constexpr):
     """Fold one axis' vertex coordinate ``v`` (uint32) into the running hash ``h`` (see the reference's
-    module doc). xor-of-products hashes: ``h ^ v * P``; ``BaseConvert``: ``(h + v) * m``; ``Rng``:
-    ``h ^ (v << shift)`` in uint64 (scrambled afterwards by :func:`_pcg_output`); uint32 products wrap
-    mod 2^32 like the reference's ``& 0xFFFFFFFF``."""
+    module doc). xor-of-products hashes: ``h ^ v * P`` (``P``: this axis' factor, the layout's
+    ``primes``); ``BaseConvert``: ``(h + v) * m``; ``Rng``: ``h ^ (v << shift)`` in uint64 (scrambled
+    afterwards by :func:`_pcg_output`); uint32 products wrap mod 2^32 like the reference's ``& 0xFFFFFFFF``."""
     if HASH == 3:  # BaseConvert
         h = (h + v) * 2531011
     elif HASH == 4:  # Rng
         h = h ^ (v.to(tl.uint64) << (AXIS * (64 // D)))
     elif AXIS == 0:
-        if HASH == 1:
-            h = v * 1958374283
-        elif HASH == 2:
-            h = v * 2165219737
-        else:  # CoherentPrime: the first prime is 1
+        if P == 1:  # CoherentPrime's first factor: no multiplication
             h = v
-    elif AXIS == 1:
-        h = h ^ (v * (1434869437 if HASH == 2 else 2654435761))
-    elif AXIS == 2:
-        h = h ^ (v * (2097192037 if HASH == 2 else 805459861))
+        else:
+            h = v * P
     else:
-        h = h ^ (v * 3674653429)
+        h = h ^ (v * P)
     return h
 
 
@@ -185,13 +186,15 @@ def _pcg_output(step):
 
 @_jit
 def _corner(C: tl.constexpr, D: tl.constexpr, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize,
-            offset, HASH: tl.constexpr, POW2: tl.constexpr):
+            offset, HASH: tl.constexpr, POW2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+            P3: tl.constexpr):
     """Table row and interpolation weight of corner ``C`` (bit i set: upper vertex along axis i).
 
     The row is computed both ways (hash and 1:1) and the level's flag picks one: cheaper on a GPU than
     a branch, and both are a few integer operations. ``HASH`` is the hash function's code (0, the
     default ``CoherentPrime``, compiles to the same instructions as before hash functions were
-    configurable); ``POW2``: every hashed level has a power-of-two size (``& mask`` instead of ``%``).
+    configurable); ``POW2``: every hashed level has a power-of-two size (``& mask`` instead of ``%``);
+    ``P0..P3``: the xor-of-products hash's factors (the layout's ``primes``; compile-time constants).
     """
     one = tl.full([], 1, tl.uint32)
     v0 = c0.to(tl.uint32) + one if C & 1 else c0.to(tl.uint32)
@@ -201,22 +204,22 @@ def _corner(C: tl.constexpr, D: tl.constexpr, c0, c1, c2, c3, w0, w1, w2, w3, st
         h = tl.full(v0.shape, 0, tl.uint64)
     else:
         h = v0
-    h = _axis_hash(h, v0, 0, D, HASH)
+    h = _axis_hash(h, v0, 0, D, HASH, P0)
     r = c0 + 1 if C & 1 else c0
     wc = w0 if C & 1 else 1.0 - w0
     if D > 1:
         v1 = c1.to(tl.uint32) + one if (C >> 1) & 1 else c1.to(tl.uint32)
-        h = _axis_hash(h, v1, 1, D, HASH)
+        h = _axis_hash(h, v1, 1, D, HASH, P1)
         r = r + (c1 + 1 if (C >> 1) & 1 else c1) * st1
         wc = wc * (w1 if (C >> 1) & 1 else 1.0 - w1)
     if D > 2:
         v2 = c2.to(tl.uint32) + one if (C >> 2) & 1 else c2.to(tl.uint32)
-        h = _axis_hash(h, v2, 2, D, HASH)
+        h = _axis_hash(h, v2, 2, D, HASH, P2)
         r = r + (c2 + 1 if (C >> 2) & 1 else c2) * st2
         wc = wc * (w2 if (C >> 2) & 1 else 1.0 - w2)
     if D > 3:
         v3 = c3.to(tl.uint32) + one if (C >> 3) & 1 else c3.to(tl.uint32)
-        h = _axis_hash(h, v3, 3, D, HASH)
+        h = _axis_hash(h, v3, 3, D, HASH, P3)
         r = r + (c3 + 1 if (C >> 3) & 1 else c3) * st3
         wc = wc * (w3 if (C >> 3) & 1 else 1.0 - w3)
     if HASH == 4:
@@ -282,7 +285,7 @@ def _level_constants(meta_ptr, scales_ptr, level, POW2: tl.constexpr):
 def _forward_kernel(
     x_ptr, table_ptr, meta_ptr, scales_ptr, out_ptr, n_points, out_stride,
     D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
-    POW2: tl.constexpr,
+    POW2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
 ):
     level = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -293,7 +296,7 @@ def _forward_kernel(
     acc = tl.full([BLOCK, F], 0.0, scale.dtype)
     for C in tl.static_range(1 << D):
         row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
-                           POW2)
+                           POW2, P0, P1, P2, P3)
         values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
         acc += wc[:, None] * values.to(scale.dtype)
     out = out_ptr + offs[:, None] * out_stride + level * F + feats[None, :]
@@ -304,7 +307,7 @@ def _forward_kernel(
 def _backward_table_kernel(
     x_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_table_ptr, n_points, out_stride,
     D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
-    POW2: tl.constexpr,
+    POW2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
 ):
     level = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -317,7 +320,7 @@ def _backward_table_kernel(
     acc_ty = grad_table_ptr.dtype.element_ty
     for C in tl.static_range(1 << D):
         row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
-                           POW2)
+                           POW2, P0, P1, P2, P3)
         contrib = (wc[:, None] * grad).to(acc_ty)
         tl.atomic_add(grad_table_ptr + row[:, None] * F + feats[None, :], contrib, mask=mask[:, None], sem="relaxed")
 
@@ -326,7 +329,7 @@ def _backward_table_kernel(
 def _backward_x_kernel(
     x_ptr, table_ptr, grad_out_ptr, meta_ptr, scales_ptr, grad_x_ptr, n_points, n_levels, out_stride,
     D: tl.constexpr, F: tl.constexpr, INTERP: tl.constexpr, BLOCK: tl.constexpr, HASH: tl.constexpr,
-    POW2: tl.constexpr,
+    POW2: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
 ):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_points
@@ -349,7 +352,7 @@ def _backward_x_kernel(
         t3 = tl.full([BLOCK], 0.0, first.dtype)
         for C in tl.static_range(1 << D):
             row, wc = _corner(C, D, c0, c1, c2, c3, w0, w1, w2, w3, st1, st2, st3, hashed, hmask, hsize, offset, HASH,
-                           POW2)
+                           POW2, P0, P1, P2, P3)
             values = tl.load(table_ptr + row[:, None] * F + feats[None, :], mask=mask[:, None], other=0.0)
             dot = tl.reduce(values.to(scale.dtype) * grad, 1, _add)
             d0, d1, d2, d3 = _corner_dweights(C, D, w0, w1, w2, w3)
@@ -436,15 +439,25 @@ def _prepare(x, table, meta, scales, interp, *others):
     return meta.contiguous(), scales.contiguous(), n_levels, n_features
 
 
-def _hash_constexprs(meta: torch.Tensor, hash_code: int, pow2: bool | None) -> dict[str, int]:
-    """The kernels' ``HASH`` and ``POW2`` compile-time constants (see :func:`_corner`). ``pow2`` is
-    read from ``meta`` when not given (a device-to-host copy: :func:`forward` and :func:`backward`
-    pass it from the layout instead)."""
+def _hash_constexprs(meta: torch.Tensor, hash_code: int, pow2: bool | None, primes: tuple[int, ...] = ()
+                     ) -> dict[str, int]:
+    """The kernels' ``HASH``, ``POW2`` and ``P0..P3`` compile-time constants (see :func:`_corner`).
+    ``pow2`` is read from ``meta`` when not given (a device-to-host copy: :func:`forward` and
+    :func:`backward` pass it from the layout instead); ``primes``: an xor-of-products hash's factors
+    in place of its own (a layout's ``hash_primes``)."""
     if hash_code not in HASH_FUNCTIONS.values():
         raise ValueError(f"unknown hash code {hash_code}; expected one of {HASH_FUNCTIONS}")
     if pow2 is None:
         pow2 = not bool(((meta[:, HASHED] == 1) & (meta[:, MASK] < 0)).any())
-    return {"HASH": int(hash_code), "POW2": int(pow2)}
+    name = _HASH_NAMES[hash_code]
+    if primes:
+        check_hash_primes(primes, 1, name)
+    factors = tuple(primes) or HASH_PRIMES.get(name, ())
+    factors = factors + PRIMES[len(factors):]  # unused axes (and the other hash functions) read PRIMES
+    return {"HASH": int(hash_code), "POW2": int(pow2), **{f"P{i}": int(p) for i, p in enumerate(factors)}}
+
+
+_HASH_NAMES = {code: name for name, code in HASH_FUNCTIONS.items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -455,10 +468,11 @@ def hashed_sizes_are_powers_of_two(layout: GridLayout) -> bool:
 
 
 def encode(x, table, meta, scales, interp: int, out: torch.Tensor, hash_code: int = 0,
-           pow2: bool | None = None) -> None:
+           pow2: bool | None = None, primes: tuple[int, ...] = ()) -> None:
     """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]`` (overwritten).
 
-    ``hash_code``: the layout's hash function, ``HASH_FUNCTIONS[layout.hash_function]`` (0: CoherentPrime).
+    ``hash_code``: the layout's hash function, ``HASH_FUNCTIONS[layout.hash_function]`` (0: CoherentPrime);
+    ``primes``: the layout's ``hash_primes`` (empty: the function's own factors).
     """
     meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, out)
     n_points = x.shape[0]
@@ -468,12 +482,13 @@ def encode(x, table, meta, scales, interp: int, out: torch.Tensor, hash_code: in
     grid = (triton.cdiv(n_points, block), n_levels)
     kernels_for_mode(__name__)._forward_kernel[grid](
         x, table, meta, scales, out, n_points, out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2, primes),
+        **_LAUNCH,
     )
 
 
 def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor, hash_code: int = 0,
-               pow2: bool | None = None) -> None:
+               pow2: bool | None = None, primes: tuple[int, ...] = ()) -> None:
     """Write d(loss)/d(table) into ``grad_table [rows, F]`` (float32/64, overwritten) given ``grad_out [N, L*F]``."""
     meta, scales, n_levels, n_features = _prepare(x, grad_table, meta, scales, interp, grad_out)
     if grad_table.dtype not in (torch.float32, torch.float64):
@@ -486,12 +501,13 @@ def table_grad(x, grad_out, meta, scales, interp: int, grad_table: torch.Tensor,
     grid = (triton.cdiv(n_points, block), n_levels)
     kernels_for_mode(__name__)._backward_table_kernel[grid](
         x, grad_out, meta, scales, grad_table, n_points, grad_out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2, primes),
+        **_LAUNCH,
     )
 
 
 def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tensor, hash_code: int = 0,
-               pow2: bool | None = None) -> None:
+               pow2: bool | None = None, primes: tuple[int, ...] = ()) -> None:
     """Write d(loss)/d(x) into ``grad_x [N, d]`` (overwritten) given ``grad_out [N, L*F]``."""
     meta, scales, n_levels, n_features = _prepare(x, table, meta, scales, interp, grad_out, grad_x)
     n_points = x.shape[0]
@@ -501,7 +517,8 @@ def input_grad(x, table, grad_out, meta, scales, interp: int, grad_x: torch.Tens
     grid = (triton.cdiv(n_points, block),)
     kernels_for_mode(__name__)._backward_x_kernel[grid](
         x, table, grad_out, meta, scales, grad_x, n_points, n_levels, grad_out.shape[1],
-        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2), **_LAUNCH,
+        D=x.shape[1], F=n_features, INTERP=interp, BLOCK=block, **_hash_constexprs(meta, hash_code, pow2, primes),
+        **_LAUNCH,
     )
 
 
@@ -522,7 +539,7 @@ def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolat
     meta, scales = constants(layout, x.device, compute_dtype(x, table))
     out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype, device=x.device)
     encode(x.contiguous(), table.contiguous(), meta, scales, interpolation, out, HASH_FUNCTIONS[layout.hash_function],
-           hashed_sizes_are_powers_of_two(layout))
+           hashed_sizes_are_powers_of_two(layout), layout.hash_primes)
     return out
 
 
@@ -547,9 +564,9 @@ def backward(
     if needs_table_grad:
         grad_table = torch.empty(table.shape, dtype=accumulator, device=x.device)
         table_grad(x, grad_out, meta, scales, interpolation, grad_table, HASH_FUNCTIONS[layout.hash_function],
-                   hashed_sizes_are_powers_of_two(layout))
+                   hashed_sizes_are_powers_of_two(layout), layout.hash_primes)
     if needs_x_grad:
         grad_x = torch.empty_like(x)
         input_grad(x, table, grad_out, meta, scales, interpolation, grad_x, HASH_FUNCTIONS[layout.hash_function],
-                   hashed_sizes_are_powers_of_two(layout))
+                   hashed_sizes_are_powers_of_two(layout), layout.hash_primes)
     return grad_table, grad_x
