@@ -125,6 +125,52 @@ def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
     return RaySamples(positions, empty, empty, t_starts, t_ends, ray_indices, offsets), features
 
 
+class _SegmentMarch:
+    """Marches ``[R, 3]`` rays a segment of samples at a time, for renderers that stop a ray once it is
+    opaque: :meth:`next` marches the next ``segments[k]`` samples of the rays still going (the last
+    size repeats), :meth:`advance` drops the rays that became opaque, ran out of samples or left the
+    box. Later segments continue on the same lattice of steps as the first (so the samples are those
+    of marching the whole ray); ``generator`` jitters the first segment's start (training).
+    ``alive [A]`` are the indices of the rays the current segment's samples belong to."""
+
+    def __init__(self, renderer: "Renderer", origins: torch.Tensor, directions: torch.Tensor,
+                 segments: tuple[int, ...], generator: torch.Generator | None = None):
+        s = renderer.settings
+        self.renderer, self.origins, self.directions, self.segments = renderer, origins, directions, segments
+        self.generator = generator
+        t_near, self.t_far, hit = ray_aabb_intersect(origins, directions, renderer.field.aabb)
+        self.t_near = t_near.clamp(min=s.near)
+        self.marched = torch.zeros(origins.shape[0], dtype=torch.long, device=origins.device)
+        self.alive = (hit & (self.t_far > self.t_near)).nonzero().squeeze(1)
+        self.round = 0
+        self.samples: RaySamples | None = None
+
+    def next(self) -> RaySamples | None:
+        """The next segment's samples of the rays in :attr:`alive` (None once no ray is left)."""
+        if not self.alive.numel():
+            return None
+        s, alive = self.renderer.settings, self.alive
+        self.segment = min(self.segments[min(self.round, len(self.segments) - 1)], s.max_samples_per_ray)
+        jitter = self.generator if (self.generator is not None and self.round == 0) else False
+        self.samples = march_rays(self.origins[alive], self.directions[alive], self.t_near[alive], self.t_far[alive],
+                                  self.renderer.grid, step_size=s.step_size if self.renderer.grid is None else None,
+                                  cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter)
+        return self.samples
+
+    def advance(self, transparent: torch.Tensor) -> None:
+        """Keep marching the rays of :attr:`alive` that are still ``transparent [A]`` (bool) and
+        filled their segment (the others left the box or the occupied cells)."""
+        samples, alive = self.samples, self.alive
+        counts = samples.samples_per_ray
+        self.marched[alive] += counts
+        limit = self.renderer.settings.max_samples_per_ray
+        more = (counts == self.segment) & transparent & (self.marched[alive] < limit)
+        # continue after the last sample: the march restarts on the same lattice of steps
+        self.t_near[alive[more]] = samples.t_ends[samples.ray_offsets[1:][more] - 1]
+        self.alive = alive[more]
+        self.round += 1
+
+
 class Renderer:
     """Renders rays and images of ``field``, skipping space that ``grid`` marks empty.
 
@@ -191,23 +237,14 @@ class Renderer:
         The returned samples leave ``directions`` and ``ts`` empty (the field takes per-ray directions).
         """
         s = self.settings
-        device = origins.device
         n_rays = origins.shape[0]
-        t_near, t_far, hit = ray_aabb_intersect(origins, directions, self.field.aabb)
-        t_near = t_near.clamp(min=s.near)
-        log_trans = torch.zeros(n_rays, dtype=torch.float64, device=device)  # -sum(sigma dt) so far
-        marched = torch.zeros(n_rays, dtype=torch.long, device=device)
-        alive = (hit & (t_far > t_near)).nonzero().squeeze(1)
+        log_trans = torch.zeros(n_rays, dtype=torch.float64, device=origins.device)  # -sum(sigma dt) so far
         threshold = math.log(s.transmittance_threshold)
-        parts, n_marched, round_ = [], 0, 0
+        march = _SegmentMarch(self, origins, directions, segments, generator)
+        parts, n_marched = [], 0
         with torch.no_grad():
-            while alive.numel():
-                segment = min(segments[min(round_, len(segments) - 1)], s.max_samples_per_ray)
-                jitter = generator if (generator is not None and round_ == 0) else False
-                samples = march_rays(origins[alive], directions[alive], t_near[alive], t_far[alive], self.grid,
-                                     step_size=s.step_size if self.grid is None else None, cone_angle=s.cone_angle,
-                                     max_samples_per_ray=segment, jitter=jitter)
-                counts = samples.samples_per_ray
+            while (samples := march.next()) is not None:
+                alive = march.alive
                 if samples.n_samples:
                     # in chunks: the MLP's temporaries stay bounded
                     features = torch.cat([self.field.encode(p) for p in samples.positions.split(1 << 18)])
@@ -221,11 +258,7 @@ class Renderer:
                                   alive[samples.ray_indices[keep]], features[keep]))
                     log_trans[alive] -= before_segment[1:] - before_segment[:-1]
                     n_marched += samples.n_samples
-                marched[alive] += counts
-                more = (counts == segment) & (log_trans[alive] > threshold) & (marched[alive] < s.max_samples_per_ray)
-                t_near[alive[more]] = samples.t_ends[samples.ray_offsets[1:][more] - 1]
-                alive = alive[more]
-                round_ += 1
+                march.advance(log_trans[alive] > threshold)
         samples, features = _pack(parts, n_rays, origins)
         return samples, features, n_marched
 
@@ -245,17 +278,10 @@ class Renderer:
         color = origins.new_zeros(n_rays, 3)
         depth = origins.new_zeros(n_rays)
         trans = origins.new_ones(n_rays)
-        t_near, t_far, hit = ray_aabb_intersect(origins, directions, self.field.aabb)
-        t_near = t_near.clamp(min=s.near)
-        marched = torch.zeros(n_rays, dtype=torch.long, device=origins.device)
-        alive = (hit & (t_far > t_near)).nonzero().squeeze(1)
-        n_samples, round_ = 0, 0
-        while alive.numel():
-            segment = segments[min(round_, len(segments) - 1)]
-            samples = march_rays(origins[alive], directions[alive], t_near[alive], t_far[alive], self.grid,
-                                 step_size=s.step_size if self.grid is None else None,
-                                 cone_angle=s.cone_angle, max_samples_per_ray=segment)
-            counts = samples.samples_per_ray
+        march = _SegmentMarch(self, origins, directions, segments)
+        n_samples = 0
+        while (samples := march.next()) is not None:
+            alive = march.alive
             if samples.n_samples:
                 sigmas, rgbs = self._shade(samples, directions[alive], trans[alive], dtype)
                 out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
@@ -264,13 +290,7 @@ class Renderer:
                 depth[alive] += trans[alive] * out.depth
                 trans[alive] *= 1.0 - out.opacity
                 n_samples += samples.n_samples
-            marched[alive] += counts
-            more = (counts == segment) & (trans[alive] > s.transmittance_threshold) & \
-                (marched[alive] < s.max_samples_per_ray)
-            # continue after the last sample: the march restarts on the same lattice of steps
-            t_near[alive[more]] = samples.t_ends[samples.ray_offsets[1:][more] - 1]
-            alive = alive[more]
-            round_ += 1
+            march.advance(trans[alive] > s.transmittance_threshold)
         background = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(n_rays, 3)
         return RenderResult(color + trans[:, None] * background, 1.0 - trans, depth, n_samples)
 
