@@ -121,8 +121,6 @@ def evaluate(renderer: Renderer, dataset: NerfDataset, indices: Iterable[int] | 
     import time
 
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    if chunk is None and renderer.field.aabb.device.type == "cpu":
-        chunk = 1 << 14  # as measured on 2 cores; on a GPU the renderer picks its larger default
     background = background_for(dataset)
     if out_dir is not None:
         out_dir = prepare_output_dir(out_dir)

@@ -317,15 +317,17 @@ class Renderer:
     @torch.inference_mode()
     def render_image(self, cameras: Cameras, index: int, background: torch.Tensor,
                      chunk: int | None = None) -> dict[str, torch.Tensor]:
-        """Render every pixel of camera ``index`` in chunks of ``chunk`` rays (default 2^13 on a CPU,
-        where larger chunks gain nothing, 2^18 on a GPU, which small launches would leave idle).
+        """Render every pixel of camera ``index`` in chunks of ``chunk`` rays (default 2^15 on a CPU,
+        2^18 on a GPU, which small launches would leave idle). On 2 CPU cores a lego frame took 15-20 %
+        less time with 2^15 to 2^16 rays per chunk than with 2^13 (fewer, larger kernel calls: the
+        encoding's table lookups hit the cache more often), for 100 MB more memory (measured).
 
         Returns ``{"color": [H, W, 3], "opacity": [H, W], "depth": [H, W], "n_samples": int}`` on the
         CPU (depth: expected distance divided by opacity, 0 where nothing was hit), whatever device
         the field is on: rays are generated on the CPU, copied over per chunk, and the results back.
         """
         device = self.field.aabb.device
-        chunk = chunk or (1 << 18 if device.type == "cuda" else 1 << 13)
+        chunk = chunk or (1 << 18 if device.type == "cuda" else 1 << 15)
         h, w = int(cameras.height[index]), int(cameras.width[index])
         ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         pixel_xy = torch.stack([xs, ys], dim=-1).reshape(-1, 2).float() + 0.5
