@@ -26,22 +26,24 @@ def _adam_dense(param, grad, exp_avg, exp_avg_sq, step_size, beta1, beta2, eps, 
 
 @nb.njit(parallel=True, fastmath=True, cache=True)
 def _adam_sparse(param, grad, exp_avg, exp_avg_sq, param_steps, step_sizes, beta1, beta2, eps, l2_reg):
-    untouched = 0.0
     for i in nb.prange(param.shape[0]):
+        # Written without a branch: every entry is computed and stored, an untouched one (zero
+        # gradient: no update, no moment decay, no step, as tiny-cuda-nn) stores its old values back.
+        # The loop then vectorises like the dense one: 8 ms instead of 15-21 ms over 16.8 M entries
+        # with a branch that skipped untouched entries, whatever share had a gradient, and
+        # bit-identical results (measured). Reading and writing every entry also keeps the state's
+        # memory in use (see adam_step_).
         g = grad[i]
-        if g == 0.0:  # untouched table entry: no update, no moment decay, no step (tiny-cuda-nn)
-            # ...but its state is read, so that the memory stays in use (see adam_step_)
-            untouched += exp_avg[i] + exp_avg_sq[i] + param_steps[i]
-            continue
-        g += l2_reg * param[i]
-        m = beta1 * exp_avg[i] + (1.0 - beta1) * g
-        v = beta2 * exp_avg_sq[i] + (1.0 - beta2) * g * g
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
-        step = param_steps[i] + 1
-        param_steps[i] = step
-        param[i] -= step_sizes[step] * m / (math.sqrt(v) + eps)
-    return untouched
+        touched = g != 0.0
+        p, m0, v0, s0 = param[i], exp_avg[i], exp_avg_sq[i], param_steps[i]
+        g += l2_reg * p
+        m = beta1 * m0 + (1.0 - beta1) * g
+        v = beta2 * v0 + (1.0 - beta2) * g * g
+        s = s0 + 1 if touched else s0
+        exp_avg[i] = m if touched else m0
+        exp_avg_sq[i] = v if touched else v0
+        param_steps[i] = s
+        param[i] = p - step_sizes[s] * m / (math.sqrt(v) + eps) if touched else p
 
 
 def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2_reg, param_steps=None) -> None:
@@ -56,12 +58,13 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2
         counts = np.arange(step + 1, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             step_sizes = lr * np.sqrt(1.0 - beta2**counts) / (1.0 - beta1**counts)
-        # The sparse kernel also *reads* the state of the entries it skips. Entries that get no gradient
-        # for many steps (the masked levels of coarse-to-fine training, empty space) would otherwise
-        # leave whole pages of the moments untouched; on machines whose kernel reclaims cold memory
-        # (DAMON's pageout, seen on the project's 2-core VMs) such huge pages were split and the step
-        # over the table went from 13 ms to 0.2-0.55 s, on the same data, while a copy of the
-        # tensors took 14-28 ms. Reading them costs no measurable time (13-15 ms per step either way).
+        step_sizes[0] = 0.0  # count 0 (never updated) is looked up for untouched entries: keep it finite
+        # The sparse kernel also reads (and writes back) the state of the entries it leaves alone.
+        # Entries that get no gradient for many steps (the masked levels of coarse-to-fine training,
+        # empty space) would otherwise leave whole pages of the moments untouched; on machines whose
+        # kernel reclaims cold memory (DAMON's pageout, seen on the project's 2-core VMs) such huge
+        # pages were split and the step over the table went from 13 ms to 0.2-0.55 s, on the same
+        # data, while a copy of the tensors took 14-28 ms.
         _adam_sparse(*views, param_steps.view(-1).numpy(), step_sizes, beta1, beta2, eps, l2_reg)
 
 
