@@ -173,9 +173,12 @@ def test_custom_op_registration(monkeypatch, storage):
     """Schema, fake (meta) implementations and autograd registration of the compiled op."""
     monkeypatch.setenv("NGP_BACKEND", "numba")
     layout, x, table, grad_out = make_case(n_points=16)
-    args = (x, table.requires_grad_(), list(layout.resolutions), list(layout.offsets), list(layout.hashed), 0, 1,
-            storage)  # hash code 0 (CoherentPrime), interpolation 1 (Linear)
+    args = (x, table.requires_grad_(), list(layout.resolutions), list(layout.offsets), list(layout.hashed), 0, [], 1,
+            storage)  # hash code 0 (CoherentPrime), its own primes, interpolation 1 (Linear)
+    assert args[2:] == op_module._op_args(layout, "Linear", storage)
     torch.library.opcheck(op_module._encode_op, args)
+    searched = args[:6] + ([1, 19349663, 83492791],) + args[7:]  # a searched hash's primes
+    torch.library.opcheck(op_module._encode_op, searched)
     backward_args = (grad_out, x, table.detach(), *args[2:], True, True)
     torch.library.opcheck(op_module._encode_backward_op, backward_args)
 
