@@ -223,7 +223,9 @@ def test_kernels_compile_for_an_h100_without_a_gpu(monkeypatch, table_ty):
     except ImportError as exc:  # pragma: no cover - depends on the Triton version
         pytest.skip(f"this Triton has no offline compile API: {exc}")
     compiled = kernels_for_mode(tk.__name__)
-    const = {"D": 3, "F": 2, "INTERP": 1, "BLOCK": 128, "HASH": 0, "POW2": 1}  # the default hash, 2^T tables
+    # the default hash (and its primes), 2^T tables
+    const = {"D": 3, "F": 2, "INTERP": 1, "BLOCK": 128,
+             **tk._hash_constexprs(torch.zeros(1, 8, dtype=torch.int64), 0, True)}
     common = {"meta_ptr": "*i64", "scales_ptr": "*fp32", "n_points": "i32", "out_stride": "i32"}
     signatures = {
         "_forward_kernel": {"x_ptr": "*fp32", "table_ptr": table_ty, "out_ptr": "*fp32"},
