@@ -219,7 +219,7 @@ class Renderer:
 
     def march_in_front(self, origins: torch.Tensor, directions: torch.Tensor,
                        generator: torch.Generator | None = None,
-                       segments: tuple[int, ...] = (16, 64, N_STEPS)
+                       segments: tuple[int, ...] = (16, 32, 64, 128, N_STEPS)
                        ) -> tuple[RaySamples, torch.Tensor | None, int]:
         """The samples of ``[R, 3]`` rays in front of the point where each becomes opaque, with their
         position features (the field's :meth:`~NerfField.encode`, computed without gradients with the
@@ -230,7 +230,9 @@ class Renderer:
         ray stops once its transmittance falls below the threshold. Marching whole rays first would
         evaluate every sample behind the surfaces too: late in a lego run 4.7x the samples kept, and
         this pre-pass took 119 ms per step instead of 58 ms (measured, 2 cores); early in training,
-        when nothing is opaque yet, the three rounds cost as much as one (42 ms either way).
+        when nothing is opaque yet, the three rounds cost as much as one (42 ms either way). Five
+        rounds (16, 32, 64, 128, the rest) instead of three (16, 64, the rest) march 94k samples
+        instead of 112k for the same 59k kept, late in a lego run: 54 ms instead of 59 ms (measured).
         ``generator`` jitters each ray's first sample (training); later segments continue on the same
         lattice of steps. ``n_marched`` counts the samples evaluated; ``features`` is None when no
         sample was marched.
