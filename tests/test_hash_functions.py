@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ngp
+from backend_checks import assert_backend_matches_reference, encode_with_grads
 from hash_definitions import HASHES, pcg32_after, tcnn_hash
 from ngp.kernels.reference.hashgrid import GridLayout, spatial_hash
 from ngp.ops.hashgrid import hash_grid_encode
@@ -74,13 +75,6 @@ def layouts(d: int, name: str):
     return [mixed, odd]
 
 
-def encode_with_grads(x, table, layout, interpolation, grad_out):
-    xi, ti = x.clone().requires_grad_(), table.clone().requires_grad_()
-    out = hash_grid_encode(xi, ti, layout, interpolation)
-    out.backward(grad_out)
-    return out.detach(), ti.grad, xi.grad if xi.grad is not None else torch.zeros_like(x)
-
-
 @pytest.mark.parametrize("name", HASHES)
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
 def test_numba_matches_reference_for_every_hash(name, d, monkeypatch):
@@ -91,12 +85,7 @@ def test_numba_matches_reference_for_every_hash(name, d, monkeypatch):
         table = torch.randn(layout.n_rows, 2, generator=g, dtype=torch.float64)
         grad_out = torch.randn(150, layout.n_output_dims, generator=g, dtype=torch.float64)
         for interpolation in ("Linear", "Smoothstep"):
-            monkeypatch.setenv("NGP_BACKEND", "reference")
-            expected = encode_with_grads(x, table, layout, interpolation, grad_out)
-            monkeypatch.setenv("NGP_BACKEND", "numba")
-            got = encode_with_grads(x, table, layout, interpolation, grad_out)
-            for a, b in zip(got, expected):
-                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+            got = assert_backend_matches_reference("numba", x, table, layout, grad_out, monkeypatch, interpolation)
             assert got[1].abs().sum() > 0 and got[2].abs().sum() > 0
 
 
@@ -146,11 +135,7 @@ def test_numba_tiled_matches_reference(d, monkeypatch):
     x = torch.rand(100, d, dtype=torch.float64)
     table = torch.randn(layout.n_rows, 2, dtype=torch.float64)
     grad_out = torch.randn(100, layout.n_output_dims, dtype=torch.float64)
-    monkeypatch.setenv("NGP_BACKEND", "reference")
-    expected = encode_with_grads(x, table, layout, "Linear", grad_out)
-    monkeypatch.setenv("NGP_BACKEND", "numba")
-    for a, b in zip(encode_with_grads(x, table, layout, "Linear", grad_out), expected):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_backend_matches_reference("numba", x, table, layout, grad_out, monkeypatch)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,13 +241,9 @@ def test_numba_matches_reference_with_searched_primes(d, monkeypatch):
         x = torch.rand(150, d, generator=g, dtype=torch.float64)
         table = torch.randn(layout.n_rows, 2, generator=g, dtype=torch.float64)
         grad_out = torch.randn(150, layout.n_output_dims, generator=g, dtype=torch.float64)
-        monkeypatch.setenv("NGP_BACKEND", "reference")
-        expected = encode_with_grads(x, table, layout, "Linear", grad_out)
-        monkeypatch.setenv("NGP_BACKEND", "numba")
-        for a, b in zip(encode_with_grads(x, table, layout, "Linear", grad_out), expected):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        got = assert_backend_matches_reference("numba", x, table, layout, grad_out, monkeypatch)
         default = encode_with_grads(x, table, dataclasses.replace(layout, hash_primes=()), "Linear", grad_out)
-        assert not torch.equal(default[0], expected[0])  # the primes changed the rows
+        assert not torch.equal(default[0], got[0])  # the primes changed the rows
 
 
 def test_reference_gradcheck_with_searched_primes(monkeypatch):

@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (pip install 'ngp[gpu]'); Triton kernels untested")
 
 import ngp  # noqa: E402
+from backend_checks import assert_backend_matches_reference  # noqa: E402
 from hash_definitions import HASHES, tcnn_hash  # noqa: E402
 from ngp.kernels.reference.hashgrid import GridLayout  # noqa: E402
 from ngp.kernels.triton import hashgrid as tk  # noqa: E402
@@ -38,13 +39,6 @@ def test_triton_kernels_index_like_tiny_cuda_nn(name, monkeypatch):
             assert got == tcnn_hash(cell, name) % size, (cell, size)
 
 
-def encode_with_grads(x, table, layout, interpolation, grad_out):
-    xi, ti = x.clone().requires_grad_(), table.clone().requires_grad_()
-    out = hash_grid_encode(xi, ti, layout, interpolation)
-    out.backward(grad_out)
-    return out.detach(), ti.grad, xi.grad
-
-
 CASES = [(name, d) for name in HASHES for d in (2, 3)] + [("Prime", 1), ("Rng", 1), ("BaseConvert", 4), ("Rng", 4)]
 
 
@@ -58,11 +52,7 @@ def test_triton_matches_reference_for_every_hash(name, d, monkeypatch):
         x = torch.rand(24, d, generator=g, dtype=torch.float64) * 1.2 - 0.1
         table = torch.randn(lay.n_rows, 2, generator=g, dtype=torch.float64)
         grad_out = torch.randn(24, lay.n_output_dims, generator=g, dtype=torch.float64)
-        monkeypatch.setenv("NGP_BACKEND", "reference")
-        expected = encode_with_grads(x, table, lay, "Linear", grad_out)
-        monkeypatch.setenv("NGP_BACKEND", "triton")
-        for a, b in zip(encode_with_grads(x, table, lay, "Linear", grad_out), expected):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert_backend_matches_reference("triton", x, table, lay, grad_out, monkeypatch)
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -72,11 +62,7 @@ def test_triton_tiled_levels_match_reference(d, monkeypatch):
     x = torch.rand(24, d, dtype=torch.float64)
     table = torch.randn(layout.n_rows, 2, dtype=torch.float64)
     grad_out = torch.randn(24, layout.n_output_dims, dtype=torch.float64)
-    monkeypatch.setenv("NGP_BACKEND", "reference")
-    expected = encode_with_grads(x, table, layout, "Linear", grad_out)
-    monkeypatch.setenv("NGP_BACKEND", "triton")
-    for a, b in zip(encode_with_grads(x, table, layout, "Linear", grad_out), expected):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_backend_matches_reference("triton", x, table, layout, grad_out, monkeypatch)
 
 
 @pytest.mark.parametrize("reduction", ["Sum", "Product"])
@@ -152,7 +138,4 @@ def test_triton_kernels_take_searched_primes(d, monkeypatch):
     x = torch.rand(24, d, generator=g, dtype=torch.float64)
     table = torch.randn(lay.n_rows, 2, generator=g, dtype=torch.float64)
     grad_out = torch.randn(24, lay.n_output_dims, generator=g, dtype=torch.float64)
-    got = encode_with_grads(x, table, lay, "Linear", grad_out)
-    monkeypatch.setenv("NGP_BACKEND", "reference")
-    for a, b in zip(got, encode_with_grads(x, table, lay, "Linear", grad_out)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_backend_matches_reference("triton", x, table, lay, grad_out, monkeypatch)
