@@ -94,14 +94,13 @@ def hash_search(run: Run, generations: Generations = 30, population: Population 
 def _train_both(run: Path, meta: dict, primitive: str, primes, out: Path, seconds, steps) -> None:
     """Train RUN's setup (its config but the training section) with its own hash and with ``primes``."""
     from ngp.sweep import run_sweep
+    from ngp.sweep.results import quality_of
     from ngp.train.settings import default_config
 
     sets = [f"{key}={json.dumps(value)}" for key, value in _differences(meta["config"], default_config(primitive))
             if not key.startswith("training.") and key != "encoding.hash_primes"]
     sets.append(f"encoding.hash_primes=null,{json.dumps(list(primes))}")
     rows = run_sweep(primitive, meta["config"]["training"]["data"], out, sets, seconds=seconds, steps=steps, log=log)
-    from ngp.sweep.results import quality_of
-
     for row in rows:
         quality = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in quality_of(primitive, row).items())

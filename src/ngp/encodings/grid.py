@@ -3,9 +3,9 @@
 
 Config keys are tiny-cuda-nn's (``hash``: its five hash functions; ``fixed_point_pos``: accepted, no
 effect, see :data:`GRID_DEFAULTS`), plus ``hash_primes`` (the factors of an xor-of-products hash, one
-per axis, in place of its own: what ``ngp hashsearch`` finds), ``finest_resolution``, ``reduction`` (how the levels are
-combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or ``"Product"``, elementwise over
-the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
+per axis, in place of its own: what ``ngp hash-search`` finds), ``finest_resolution``, ``reduction``
+(how the levels are combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or
+``"Product"``, elementwise over the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
 table is *read* in; tiny-cuda-nn has no such key, it stores tables in half when built with half
 precision). The table parameter stays float32 either way.
 
@@ -48,7 +48,7 @@ GRID_DEFAULTS = {
     "finest_resolution": None,  # N_max: derives per_level_scale = (N_max / N_min)^(1 / (L - 1))
     "interpolation": "Linear",
     "hash": "CoherentPrime",  # tiny-cuda-nn's hash functions (ngp.kernels.reference.hashgrid)
-    # ours: factors [P_0, P_1, ...] replacing an xor-of-products hash's own (what `ngp hashsearch` finds)
+    # ours: factors [P_0, P_1, ...] replacing an xor-of-products hash's own (what `ngp hash-search` finds)
     "hash_primes": None,
     # tiny-cuda-nn snaps positions to 32-bit fixed point on the GPU; accepted, no effect here: the
     # kernels compute x * N_l in the coordinates' float type, as the reference does

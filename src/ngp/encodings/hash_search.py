@@ -156,12 +156,13 @@ def search_hash_primes(
         raise ValueError(f"no hashed level is contested: every hashed level has more than {CONTESTED_LOAD}x its rows "
                          "in occupied vertices, where every hash function collides on almost every vertex")
     d = layout.n_dims
+    level_rates: dict[tuple[int, ...], dict[int, float]] = {}  # per candidate, scored once
     scores: dict[tuple[int, ...], float] = {}
 
     def score(primes: tuple[int, ...]) -> float:
         if primes not in scores:
-            rates = level_collision_rates(dataclasses.replace(base, hash_primes=primes), vertices)
-            scores[primes] = sum(rates.values()) / len(rates)
+            level_rates[primes] = level_collision_rates(dataclasses.replace(base, hash_primes=primes), vertices)
+            scores[primes] = _mean(level_rates[primes])
         return scores[primes]
 
     rng = random.Random(seed)
@@ -184,15 +185,17 @@ def search_hash_primes(
             child = [a[i] if rng.random() < 0.5 else b[i] for i in range(d)]
             pool.append(_mutated(child, rng))
     best = min(scores, key=lambda p: (scores[p], p))
-    baselines = {}
-    for name in CONFIG_HASHES:
-        other = dataclasses.replace(base, hash_function=name, hash_primes=())
-        rates = level_collision_rates(other, vertices)
-        baselines[name] = sum(rates.values()) / len(rates)
-    return HashSearchResult(
-        primes=best, collision_rate=scores[best],
-        level_rates=level_collision_rates(dataclasses.replace(base, hash_primes=best), vertices),
-        baselines=baselines, history=history, contested_levels=tuple(vertices), evaluated=len(scores))
+    baselines = {name: _mean(level_collision_rates(dataclasses.replace(base, hash_function=name, hash_primes=()),
+                                                   vertices))
+                 for name in CONFIG_HASHES}
+    return HashSearchResult(primes=best, collision_rate=scores[best], level_rates=level_rates[best],
+                            baselines=baselines, history=history, contested_levels=tuple(vertices),
+                            evaluated=len(scores))
+
+
+def _mean(rates: dict[int, float]) -> float:
+    """The objective: the mean of the contested levels' collision rates."""
+    return sum(rates.values()) / len(rates)
 
 
 def _tournament(ranked: Sequence[tuple[int, ...]], rng: random.Random, score) -> tuple[int, ...]:
