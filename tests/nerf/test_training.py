@@ -16,7 +16,7 @@ from ngp.io.runs import RunFolder
 from ngp.nerf.builtin_scene import make_builtin_scene
 from ngp.nerf.datasets import load_dataset
 from ngp.nerf.evaluation import evaluate
-from ngp.nerf.renderer import Renderer, inference_dtype, transmittance_before
+from ngp.nerf.renderer import DISPLAY_TRANSMITTANCE, AdaptiveSegments, FixedSegments, Renderer, inference_dtype, transmittance_before
 from ngp.nerf.runs import load_nerf_run
 from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
 from ngp.train.loop import LoopState, load_task_state, train
@@ -100,6 +100,55 @@ def test_incremental_inference_equals_single_pass_rendering(trained, scene):
     assert inc.n_samples <= one.n_samples  # terminated rays stop being marched
 
 
+def test_segment_schedules_render_the_same_picture(trained, scene):
+    """Whatever the segment lengths, a ray's samples lie on one lattice of steps and it stops where it
+    turns opaque: the adaptive schedule renders the fixed one's picture and evaluates fewer samples
+    behind surfaces (short segments while most rays are going)."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    cam, xy, _ = test.pixels_for_image(0)
+    o, d = generate_rays(test.cameras, cam, xy)
+    renderer = Renderer(task.model, task.grid, dataclasses.replace(task.renderer.settings, inference_precision="float32"))
+    fixed = renderer.render_rays_inference(o, d, torch.ones(3), schedule=FixedSegments((16, 32, 64, 128)))
+    adaptive = renderer.render_rays_inference(o, d, torch.ones(3), schedule=AdaptiveSegments(4.0, 4, 64))
+    one_by_one = renderer.render_rays_inference(o, d, torch.ones(3), schedule=FixedSegments((1,)))
+    for out in (adaptive, one_by_one):
+        # a march restarted at a segment's end lands on the lattice up to rounding: a step apart on a
+        # few rays (3 of 1600 here)
+        assert ((out.color - fixed.color).abs() > 1e-4).any(1).float().mean() < 0.01
+        torch.testing.assert_close(out.color, fixed.color, atol=5e-3, rtol=0)
+        torch.testing.assert_close(out.opacity, fixed.opacity, atol=5e-3, rtol=0)
+    assert one_by_one.n_samples <= adaptive.n_samples < fixed.n_samples, \
+        (one_by_one.n_samples, adaptive.n_samples, fixed.n_samples)
+
+
+def test_display_rendering_stops_rays_sooner_and_looks_the_same(trained, scene):
+    """for_display (viewer, videos) stops rays at transmittance 0.01, as instant-ngp's renderer: fewer
+    samples, the same field and grid, and a picture no one can tell from the evaluation one."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    renderer = Renderer(task.model, task.grid, dataclasses.replace(task.renderer.settings, inference_precision="float32"))
+    display = renderer.for_display()
+    assert display.field is renderer.field and display.grid is renderer.grid
+    assert display.settings.transmittance_threshold == DISPLAY_TRANSMITTANCE > renderer.settings.transmittance_threshold
+    exact, shown = (r.render_image(test.cameras, 0, torch.ones(3)) for r in (renderer, display))
+    assert shown["n_samples"] < 0.9 * exact["n_samples"], (shown["n_samples"], exact["n_samples"])  # 0.82 measured
+    mse = (shown["color"] - exact["color"]).square().mean().item()
+    assert mse < 10 ** (-40 / 10), f"{-10 * math.log10(mse):.1f} dB from the evaluation render"
+
+
+def test_segment_schedules_give_the_lengths_they_promise():
+    adaptive = AdaptiveSegments(4.0, 4, 64)
+    assert adaptive.size(0, 1000, 1000) == 4  # every ray going: the minimum
+    assert adaptive.size(3, 1000, 100) == 40  # a tenth left: ten times as many each
+    assert adaptive.size(5, 1000, 1) == 64  # capped
+    assert [FixedSegments((16, 32)).size(k, 10, 10) for k in range(4)] == [16, 32, 32, 32]
+    with pytest.raises(ValueError, match="min_samples"):
+        AdaptiveSegments(4.0, 8, 4)
+    with pytest.raises(ValueError, match="sizes"):
+        FixedSegments(())
+
+
 def test_segment_marching_keeps_the_samples_in_front_of_surfaces(trained, scene):
     """march_in_front (segments, densities without gradients, rays stopped once opaque) keeps the
     samples that marching whole rays and cutting them at the same transmittance keeps, and marches
@@ -114,7 +163,7 @@ def test_segment_marching_keeps_the_samples_in_front_of_surfaces(trained, scene)
         sigmas = task.model.density(whole.positions)
         t_before = transmittance_before(sigmas, whole.t_starts, whole.t_ends, whole.ray_offsets, whole.ray_indices)
         keep = t_before > r.settings.transmittance_threshold
-        samples, features, n_marched = r.march_in_front(o, d, segments=(8,))
+        samples, features, n_marched = r.march_in_front(o, d, schedule=FixedSegments((8,)))
         default = r.march_in_front(o, d)[0]
     assert n_marched < 0.9 * whole.n_samples, (n_marched, whole.n_samples)  # measured 0.82 here
     assert abs(default.n_samples - samples.n_samples) <= 0.002 * samples.n_samples

@@ -96,7 +96,7 @@ class NerfView:
     modes = ("rgb", "depth")
 
     def __init__(self, renderer, cameras: Cameras, images=None, white_background: bool = True):
-        self.renderer = renderer
+        self.renderer = renderer.for_display()  # the live field and grid; rays stop at transmittance 0.01
         self.cameras = cameras
         self.images = images
         self.background = torch.ones(3) if white_background else torch.zeros(3)
