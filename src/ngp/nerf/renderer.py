@@ -2,8 +2,9 @@
 
 Shared by training, evaluation and video. The ray marcher skips empty space with the occupancy
 grid (instant-ngp's density grid) and the compositor stops a ray once its transmittance falls
-below ``1e-4``. Step sizes follow instant-ngp: ``sqrt(3) / 1024`` of the unit cube, growing in
-proportion to the distance (``dt = t * cone_angle``) for large scenes (``aabb_scale > 1``).
+below ``1e-4`` (``0.01`` in pictures made to be looked at, :meth:`Renderer.for_display`). Step
+sizes follow instant-ngp: ``sqrt(3) / 1024`` of the unit cube, growing in proportion to the
+distance (``dt = t * cone_angle``) for large scenes (``aabb_scale > 1``).
 
 Example::
 
@@ -44,7 +45,8 @@ class RenderSettings:
             scenes, as instant-ngp. Steps stay between the occupancy grid's ``min_step_size``
             (``sqrt(3) / 1024``) and ``max_step_size`` (a coarsest cell's diagonal).
         max_samples_per_ray: a bound on the samples of one ray.
-        transmittance_threshold: a ray stops once its transmittance falls below this.
+        transmittance_threshold: a ray stops once its transmittance falls below this (1e-4, as
+            instant-ngp's training and evaluation; :meth:`Renderer.for_display` raises it to 0.01).
         near: samples start at least this far from the camera.
         step_size: the smallest step without an occupancy grid (tests).
         inference_precision: the MLPs' precision when rendering without gradients (evaluation,
