@@ -271,10 +271,10 @@ def _dots8(table, r, g, n):
 
 @njit(**_JIT)
 def _zero_level(grad_table, lv):
-    """Zero one level's rows (by the thread that owns the level: in parallel, and leaves them in cache)."""
-    for row in range(lv[OFFSET], lv[OFFSET] + lv[SIZE]):
-        for f in range(grad_table.shape[1]):
-            grad_table[row, f] = 0
+    """Zero one level's rows (by the thread that owns the level: in parallel, and leaves them in cache).
+    A slice assignment, which Numba makes a memset: 0.6 ms for 48 MB on 2 threads, where a loop over
+    ``[row, f]`` took 6-7 ms (measured)."""
+    grad_table[lv[OFFSET]:lv[OFFSET] + lv[SIZE]] = 0
 
 
 # ----------------------------------------------------------------------------------------------------
