@@ -16,7 +16,8 @@ from ngp.io.runs import RunFolder
 from ngp.nerf.builtin_scene import make_builtin_scene
 from ngp.nerf.datasets import load_dataset
 from ngp.nerf.evaluation import evaluate
-from ngp.nerf.renderer import DISPLAY_TRANSMITTANCE, AdaptiveSegments, FixedSegments, Renderer, inference_dtype, transmittance_before
+from ngp.nerf.renderer import (DISPLAY_TRANSMITTANCE, AdaptiveSegments, FixedSegments, Renderer, inference_dtype,
+                               transmittance_before)
 from ngp.nerf.runs import load_nerf_run
 from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
 from ngp.train.loop import LoopState, load_task_state, train
@@ -108,7 +109,8 @@ def test_segment_schedules_render_the_same_picture(trained, scene):
     test = load_dataset(scene, "test")
     cam, xy, _ = test.pixels_for_image(0)
     o, d = generate_rays(test.cameras, cam, xy)
-    renderer = Renderer(task.model, task.grid, dataclasses.replace(task.renderer.settings, inference_precision="float32"))
+    settings = dataclasses.replace(task.renderer.settings, inference_precision="float32")
+    renderer = Renderer(task.model, task.grid, settings)
     fixed = renderer.render_rays_inference(o, d, torch.ones(3), schedule=FixedSegments((16, 32, 64, 128)))
     adaptive = renderer.render_rays_inference(o, d, torch.ones(3), schedule=AdaptiveSegments(4.0, 4, 64))
     one_by_one = renderer.render_rays_inference(o, d, torch.ones(3), schedule=FixedSegments((1,)))
@@ -127,7 +129,8 @@ def test_display_rendering_stops_rays_sooner_and_looks_the_same(trained, scene):
     samples, the same field and grid, and a picture no one can tell from the evaluation one."""
     task, _, _, _, _ = trained
     test = load_dataset(scene, "test")
-    renderer = Renderer(task.model, task.grid, dataclasses.replace(task.renderer.settings, inference_precision="float32"))
+    settings = dataclasses.replace(task.renderer.settings, inference_precision="float32")
+    renderer = Renderer(task.model, task.grid, settings)
     display = renderer.for_display()
     assert display.field is renderer.field and display.grid is renderer.grid
     assert display.settings.transmittance_threshold == DISPLAY_TRANSMITTANCE > renderer.settings.transmittance_threshold

@@ -27,7 +27,8 @@ from ngp.nerf.occupancy import OccupancyGrid
 from ngp.ops.nerf import RaySamples, composite, march_rays, ray_aabb_intersect
 from ngp.train.precision import native_bfloat16
 
-__all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE", "inference_dtype", "transmittance_before"]
+__all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE",
+           "inference_dtype", "transmittance_before"]
 
 #: instant-ngp's NERF_STEPS: the smallest step is sqrt(3) / 1024 of the unit cube.
 N_STEPS = 1024
@@ -293,13 +294,14 @@ class Renderer:
         current parameters) -> ``(samples, features [S, n], n_marched)``.
 
         Rays are marched a segment of samples at a time (lengths from ``schedule``, default
-        :data:`TRAINING_SEGMENTS`), as in :meth:`render_rays_inference`; each segment's densities are evaluated without gradients and a
-        ray stops once its transmittance falls below the threshold. Marching whole rays first would
-        evaluate every sample behind the surfaces too: late in a lego run 4.7x the samples kept, and
-        this pre-pass took 119 ms per step instead of 58 ms (measured, 2 cores); early in training,
-        when nothing is opaque yet, the three rounds cost as much as one (42 ms either way). Five
-        rounds (16, 32, 64, 128, the rest) instead of three (16, 64, the rest) march 94k samples
-        instead of 112k for the same 59k kept, late in a lego run: 54 ms instead of 59 ms (measured).
+        :data:`TRAINING_SEGMENTS`), as in :meth:`render_rays_inference`; each segment's densities are
+        evaluated without gradients and a ray stops once its transmittance falls below the threshold.
+        Marching whole rays first would evaluate every sample behind the surfaces too: late in a lego
+        run 4.7x the samples kept, and this pre-pass took 119 ms per step instead of 58 ms (measured,
+        2 cores); early in training, when nothing is opaque yet, the three rounds cost as much as one
+        (42 ms either way). Five rounds (16, 32, 64, 128, the rest) instead of three (16, 64, the rest)
+        march 94k samples instead of 112k for the same 59k kept, late in a lego run: 54 ms instead of
+        59 ms (measured).
         ``generator`` jitters each ray's first sample (training); later segments continue on the same
         lattice of steps. ``n_marched`` counts the samples evaluated; ``features`` is None when no
         sample was marched.
@@ -339,7 +341,8 @@ class Renderer:
         Rays are marched a segment of samples per round (lengths from ``schedule``, default
         :data:`RENDER_SEGMENTS`); after each round the rays that became opaque (transmittance below
         the threshold) or left the box are dropped, as instant-ngp renders. Few samples behind a
-        surface are evaluated, and memory is bounded by the largest round. The MLPs run in ``settings.inference_precision``.
+        surface are evaluated, and memory is bounded by the largest round. The MLPs run in
+        ``settings.inference_precision``.
         """
         s = self.settings
         dtype = inference_dtype(s.inference_precision, origins.device)

@@ -205,8 +205,8 @@ def render_run(run: str | Path, out: str | Path, n_frames: int = 60, width: int 
     poses = orbit_poses(loaded.c2w, n_frames, loaded.field.aabb.cpu())
     background = torch.ones(3) if scene.get("white_background") else torch.zeros(3)
     frames_dir = out.with_name(out.stem + "_frames")
-    stats = write_video(loaded.renderer.for_display(), poses, focal, width, height, out, background, frames_dir, fps,
-                        progress=progress)
+    stats = write_video(loaded.renderer.for_display(), poses, focal, width, height, out, background, frames_dir,
+                        fps, progress=progress)
     stats.update(frames_dir=str(frames_dir), peak_memory_mb=round(peak_memory_mb(), 1))
     log(f"rendered {n_frames} frames of {width}x{height} ({stats['render_samples_per_second'] / 1e3:.0f}k "
         f"samples/s) -> {out} and {frames_dir}/")
