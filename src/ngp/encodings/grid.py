@@ -5,9 +5,9 @@ Config keys are tiny-cuda-nn's (``hash``: its five hash functions; ``fixed_point
 effect, see :data:`GRID_DEFAULTS`), plus ``hash_primes`` (the factors of an xor-of-products hash, one
 per axis, in place of its own: what ``ngp hash-search`` finds), ``finest_resolution``, ``reduction``
 (how the levels are combined: ``"Concatenation"`` (tiny-cuda-nn's only way), ``"Sum"`` or
-``"Product"``, elementwise over the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or ``"float16"``: the precision the
-table is *read* in; tiny-cuda-nn has no such key, it stores tables in half when built with half
-precision). The table parameter stays float32 either way.
+``"Product"``, elementwise over the levels' feature vectors) and ``storage_dtype`` (``"float32"`` or
+``"float16"``: the precision the table is *read* in; tiny-cuda-nn has no such key, it stores tables in
+half when built with half precision). The table parameter stays float32 either way.
 
 Two of the paper's open questions ("filter the hash-table lookups") are ours too:
 
