@@ -30,6 +30,14 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
 * **Level-major buffers.** Kernels write (forward) and read (backward) per-level features as
   ``[L, N, F]``: contiguous per level, where ``[N, L*F]`` would touch a whole cache line per point and
   level (measured +15% forward, +30% input gradients, including the conversions).
+* **Forward in blocks, rows prefetched.** For ``BLOCK`` (64) points at a time the forward first
+  computes every corner's row and weight into a small scratch and prefetches the rows
+  (:mod:`ngp.kernels.cpu.intrinsics`), then reads them: the block's cache misses are in flight together,
+  where a point-by-point loop stalls on each point's corners (LLVM does not vectorise these loops).
+  Measured on a 10-minute lego model's render samples: 5.8-6.1 -> 7.5-7.7 M points/s (4.8 M points in
+  calls of the renderer's sizes), training-sized calls of 68k points 5.0-5.5 -> 7.9 M points/s; the
+  same numbers bit for bit. The table gradient measured *slower* in blocks (94-108 -> 149 ms without
+  prefetching, 174-244 ms with it, 10 calls of 68k points): it keeps its point-by-point loop.
 * **Table gradients** (a scatter-add): each thread owns whole levels, dealt by estimated cost
   (:func:`level_schedule`), so no two threads write one row: no atomics, no private copies of the
   table (measured 2x faster than splitting points between threads with private per-level buffers).
@@ -60,6 +68,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ngp.kernels.cpu.intrinsics import prefetch_read
 from ngp.kernels.reference.hashgrid import (
     BASE_CONVERT_FACTOR,
     HASH_FUNCTIONS,
@@ -85,6 +94,8 @@ NEAREST, LINEAR, SMOOTHSTEP = INTERPOLATIONS["Nearest"], INTERPOLATIONS["Linear"
 _P1, _P2, _P3 = PRIMES[1], PRIMES[2], PRIMES[3]  # PRIMES[0] == 1
 _MASK32 = 0xFFFFFFFF
 _DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
+#: Points per block in the 2-D/3-D forward and table-gradient kernels (see the module docstring).
+BLOCK = 64
 
 # error_model="numpy": no ZeroDivisionError checks (and their branches) inside the loops.
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
@@ -211,15 +222,6 @@ def _weights3(w0, w1, w2):
 
 
 @njit(**_JIT)
-def _gather(table, rows, weights, f):
-    """Interpolated feature ``f``: sum over corners (the tuple loop is unrolled by LLVM)."""
-    acc = weights[0] * table[rows[0], f]
-    for k in range(1, len(rows)):
-        acc += weights[k] * table[rows[k], f]
-    return acc
-
-
-@njit(**_JIT)
 def _dots4(table, r, g, n):
     """<table row, g[n]> of each of the 4 corners."""
     if g.shape[1] == 2:  # the common case, without the loop
@@ -270,6 +272,25 @@ def _dots8(table, r, g, n):
 
 
 @njit(**_JIT)
+def _stage_read(table, rows, weights, i, r, w):
+    """Store one point's corner rows ``r`` and weights ``w`` (tuples) as row ``i`` of a block's scratch
+    ``rows``/``weights`` ``[BLOCK, corners]``, and prefetch the table rows for reading."""
+    for k in range(len(r)):
+        rows[i, k] = r[k]
+        weights[i, k] = w[k]
+        prefetch_read(table, r[k])
+
+
+@njit(**_JIT)
+def _gather_staged(table, rows, weights, i, f, corners):
+    """Interpolated feature ``f`` of the block's point ``i`` (the corners in ``_gather``'s order)."""
+    acc = weights[i, 0] * table[rows[i, 0], f]
+    for k in range(1, corners):
+        acc += weights[i, k] * table[rows[i, k], f]
+    return acc
+
+
+@njit(**_JIT)
 def _zero_level(grad_table, lv):
     """Zero one level's rows (by the thread that owns the level: in parallel, and leaves them in cache).
     A slice assignment, which Numba makes a memset: 0.6 ms for 48 MB on 2 threads, where a loop over
@@ -291,18 +312,22 @@ def _forward_2d(x, table, meta, scales, interp, feats, out, n_chunks):
     n_features = table.shape[1]
     for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
+        rows, weights = np.empty((BLOCK, 4), np.int64), np.empty((BLOCK, 4), x.dtype)
         for level in range(meta.shape[0]):  # level-major: this level's table stays in cache
             lv, scale, res, feat = meta[level].copy(), scales[level], meta[level, RES], feats[level]
-            for n in range(start, stop):
-                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
-                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
-                rows, weights = _rows2(c0, c1, lv), _weights2(w0, w1)
-                if n_features == 2:  # the common case, with a constant trip count
-                    feat[n, 0] = _gather(table, rows, weights, 0)
-                    feat[n, 1] = _gather(table, rows, weights, 1)
-                else:
-                    for f in range(n_features):
-                        feat[n, f] = _gather(table, rows, weights, f)
+            for first in range(start, stop, BLOCK):
+                last = min(first + BLOCK, stop)
+                for n in range(first, last):  # the block's corners, their rows prefetched
+                    c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+                    c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+                    _stage_read(table, rows, weights, n - first, _rows2(c0, c1, lv), _weights2(w0, w1))
+                for n in range(first, last):  # then their features: the misses overlap
+                    if n_features == 2:  # the common case, with a constant trip count
+                        feat[n, 0] = _gather_staged(table, rows, weights, n - first, 0, 4)
+                        feat[n, 1] = _gather_staged(table, rows, weights, n - first, 1, 4)
+                    else:
+                        for f in range(n_features):
+                            feat[n, f] = _gather_staged(table, rows, weights, n - first, f, 4)
         _rows_from_level_major(feats, out, start, stop)  # this thread's points: no barrier needed
 
 
@@ -311,19 +336,23 @@ def _forward_3d(x, table, meta, scales, interp, feats, out, n_chunks):
     n_features = table.shape[1]
     for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
+        rows, weights = np.empty((BLOCK, 8), np.int64), np.empty((BLOCK, 8), x.dtype)
         for level in range(meta.shape[0]):
             lv, scale, res, feat = meta[level].copy(), scales[level], meta[level, RES], feats[level]
-            for n in range(start, stop):
-                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
-                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
-                c2, w2, _ = _axis(x[n, 2], scale, res, interp)
-                rows, weights = _rows3(c0, c1, c2, lv), _weights3(w0, w1, w2)
-                if n_features == 2:
-                    feat[n, 0] = _gather(table, rows, weights, 0)
-                    feat[n, 1] = _gather(table, rows, weights, 1)
-                else:
-                    for f in range(n_features):
-                        feat[n, f] = _gather(table, rows, weights, f)
+            for first in range(start, stop, BLOCK):
+                last = min(first + BLOCK, stop)
+                for n in range(first, last):
+                    c0, w0, _ = _axis(x[n, 0], scale, res, interp)
+                    c1, w1, _ = _axis(x[n, 1], scale, res, interp)
+                    c2, w2, _ = _axis(x[n, 2], scale, res, interp)
+                    _stage_read(table, rows, weights, n - first, _rows3(c0, c1, c2, lv), _weights3(w0, w1, w2))
+                for n in range(first, last):
+                    if n_features == 2:
+                        feat[n, 0] = _gather_staged(table, rows, weights, n - first, 0, 8)
+                        feat[n, 1] = _gather_staged(table, rows, weights, n - first, 1, 8)
+                    else:
+                        for f in range(n_features):
+                            feat[n, f] = _gather_staged(table, rows, weights, n - first, f, 8)
         _rows_from_level_major(feats, out, start, stop)  # this thread's points: no barrier needed
 
 
