@@ -27,6 +27,46 @@ def test_network_rejects_wrong_width():
         ngp.Network(8, 1, {"otype": "FullyFusedMLP"})(torch.randn(2, 7))
 
 
+def test_padded_row_count_is_close_and_takes_few_sizes():
+    from ngp.networks import PAD_ROWS_MIN, padded_row_count
+
+    assert [padded_row_count(n) for n in (0, 1, PAD_ROWS_MIN - 1)] == [0, 1, PAD_ROWS_MIN - 1]
+    sizes = set()
+    for n in range(65536, 131072, 97):
+        rows = padded_row_count(n)
+        assert n <= rows <= 1.125 * n
+        sizes.add(rows)
+    assert sizes == set(range(65536, 131072 + 1, 8192))  # 8 sizes per power of two (and the next one)
+
+
+def test_padded_rows_change_no_output_and_no_gradient():
+    """Under CPU autocast with gradients, Network pads its input's rows (oneDNN kernels reused): the
+    output and the weight gradients are those of the unpadded product chain."""
+    from ngp.networks import pad_rows
+
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 1}, seed=3)
+    x = torch.rand(1000, 32, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(1000, 16, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pad_rows(x).shape == (1024, 32) and pad_rows(x)[1000:].abs().sum() == 0
+        with torch.no_grad():
+            assert pad_rows(x) is x  # rendering: measured no faster padded
+        out = net(x)
+        (out * g).sum().backward()
+        grads = [w.grad.clone() for w in net.parameters()]
+        net.zero_grad()
+        h = x
+        for layer in net.layers[:-1]:  # the same layers, unpadded
+            h = layer(h)
+        expected = h.float()
+        (expected * g).sum().backward()
+    assert out.shape == (1000, 16) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    for got, want in zip(grads, (w.grad for w in net.parameters())):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    assert pad_rows(x) is x  # float32 (no autocast): nothing padded
+
+
 def test_losses_against_closed_forms():
     pred, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
     assert build_loss({"otype": "L2"})(pred, target).item() == pytest.approx((1 + 4) / 2)
