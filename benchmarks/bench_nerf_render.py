@@ -4,12 +4,14 @@ Usage::
 
     python benchmarks/bench_nerf_render.py runs/lego                  # its validation frames (needs the data)
     python benchmarks/bench_nerf_render.py runs/lego --frames 3 --repeats 2 --precisions float32,auto
+    python benchmarks/bench_nerf_render.py runs/fox --precisions auto --display   # as the viewer and videos
 
 Loads the run (``ngp.nerf.runs.load_nerf_run``: averaged weights, occupancy grid), renders
 ``--frames`` frames of its data set's validation split (as ``ngp nerf eval`` does, PSNR included)
 with each ``--precisions`` value of ``RenderSettings.inference_precision``, alternating the variants
 ``--repeats`` times in this one process, and prints the median seconds per frame, samples/s, the PSNR,
-and each variant's speed-up over the first.
+and each variant's speed-up over the first. ``--display`` renders as the viewer and ``ngp nerf render``
+do (``Renderer.for_display``: rays stop at transmittance 0.01 instead of evaluation's 1e-4).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2, help="validation frames rendered per variant")
     parser.add_argument("--repeats", type=int, default=2, help="times each variant renders them (alternating)")
     parser.add_argument("--precisions", default="float32,auto", help="inference precisions, the first is the baseline")
+    parser.add_argument("--display", action="store_true",
+                        help="render as the viewer and videos do (Renderer.for_display), not as evaluation")
     args = parser.parse_args()
 
     loaded = load_nerf_run(args.run, "cpu")
@@ -45,7 +49,7 @@ def main() -> None:
     frames = list(range(min(args.frames, len(dataset))))
     w, h = int(dataset.cameras.width[0]), int(dataset.cameras.height[0])
     print(f"run {args.run} (step {loaded.step}); {len(frames)} {split} frames of {w}x{h}; "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}; {'display' if args.display else 'evaluation'} renderer")
 
     precisions = args.precisions.split(",")
     seconds: dict[str, list[float]] = {p: [] for p in precisions}
@@ -55,6 +59,8 @@ def main() -> None:
         for precision in precisions:
             settings = dataclasses.replace(loaded.renderer.settings, inference_precision=precision)
             renderer = Renderer(loaded.field, loaded.grid, settings)
+            if args.display:
+                renderer = renderer.for_display()
             n, psnrs = 0, []
             for i in frames:
                 start = time.perf_counter()
