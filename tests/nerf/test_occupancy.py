@@ -196,3 +196,26 @@ def test_mark_untrained_culls_unseen_cells():
     grid.update(0, lambda x: torch.full((x.shape[0],), 1e4))
     assert dens[0, 0, 0] == -1 and not occ[0, 0, 0]  # untrained cells are never evaluated or occupied
     assert occ[4, 4, 4]
+
+
+def test_updates_never_evaluate_untrained_cells_however_they_were_marked():
+    """The cells an update may evaluate are kept between updates: marking cells untrained through a
+    loaded state (even as many as before, elsewhere) or a direct write must still keep them out (-1,
+    never occupied)."""
+    grid = OccupancyGrid(aabb=UNIT, resolution=8, warmup_steps=1000)  # every update evaluates every cell
+    everywhere = lambda x: torch.full((x.shape[0],), 1e4)  # noqa: E731
+    state = grid.state_dict()
+    state["density"][0, :100] = -1.0
+    grid.load_state_dict(state)
+    grid.update(16, everywhere, force=True)
+    assert grid.occupied[0, 100:].all() and not grid.occupied[0, :100].any()
+    state = grid.state_dict()
+    state["density"][0, :100], state["density"][0, 100:200] = 1.0, -1.0  # as many untrained, elsewhere
+    grid.load_state_dict(state)
+    grid.update(32, everywhere, force=True)
+    assert (grid.density[0, 100:200] == -1).all() and not grid.occupied[0, 100:200].any()
+    assert grid.occupied[0, :100].all() and grid.occupied[0, 200:].all()
+    with torch.no_grad():
+        grid.density[0, 200:250] = -1.0  # a direct write
+    grid.update(48, everywhere, force=True)
+    assert (grid.density[0, 100:250] == -1).all() and not grid.occupied[0, 100:250].any()

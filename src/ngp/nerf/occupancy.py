@@ -135,6 +135,7 @@ class OccupancyGrid(torch.nn.Module):
         self.register_buffer("occupied", self.valid.clone())
         self.register_buffer("mean_density", torch.zeros(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.int64))
+        self._candidates: tuple[int, torch.Tensor] | None = None  # see _trained_cells
 
     # ------------------------------------------------------------------------------------------------
     # Geometry
@@ -234,10 +235,21 @@ class OccupancyGrid(torch.nn.Module):
     def should_update(self, step: int) -> bool:
         return step % self.update_interval == 0
 
+    def _trained_cells(self) -> torch.Tensor:
+        """Flat indices of the cells an update may evaluate (inside the box, not marked untrained).
+        The set changes only where cells are marked untrained or a state is loaded (an update keeps a
+        density's sign), so it is kept between updates; a changed count of untrained cells (someone
+        wrote ``density``) also rebuilds it. Fox's 6.3M cells: a ``nonzero`` of 8 ms per update."""
+        n_untrained = int((self.density < 0).sum())
+        if self._candidates is None or self._candidates[0] != n_untrained:
+            trained = self.valid.reshape(-1) & (self.density.reshape(-1) >= 0)
+            self._candidates = (n_untrained, torch.nonzero(trained).squeeze(1))
+        return self._candidates[1]
+
     def _sample_cells(self, step: int, generator: torch.Generator | None) -> torch.Tensor:
         device = self.density.device
         density = self.density.reshape(-1)
-        candidates = torch.nonzero(self.valid.reshape(-1) & (density >= 0)).squeeze(1)
+        candidates = self._trained_cells()
         if step < self.warmup_steps or candidates.numel() == 0:
             return candidates
         n = max(1, int(self.sample_fraction * density.numel()))
@@ -275,14 +287,14 @@ class OccupancyGrid(torch.nn.Module):
             return False
         cells = self._sample_cells(step, generator)
         flat = self.density.reshape(-1)
-        fresh = torch.zeros_like(flat)
+        # max(density * decay, this update's samples): decay first, then take the samples' maximum in
+        # place. Untrained cells (-1) keep their value, cells outside the box stay 0, and neither is
+        # ever sampled.
+        torch.where(flat > 0, flat * self.ema_decay, flat, out=flat)
         for chunk in cells.split(chunk_size):  # bounded memory: res^3 * n_cascades can be 10M cells
             jitter = torch.rand(chunk.numel(), 3, generator=generator).to(chunk.device)
             sigmas = self._evaluate(density_fn, self.cell_positions(chunk, jitter))
-            fresh.scatter_reduce_(0, chunk, sigmas.clamp_min(0.0) * self.min_step_size, reduce="amax")
-        decayed = torch.maximum(flat * self.ema_decay, fresh)
-        keep = (flat < 0) | ~self.valid.reshape(-1)  # untrained cells stay -1, outside cells stay 0
-        flat.copy_(torch.where(keep, flat, decayed))
+            flat.scatter_reduce_(0, chunk, sigmas.clamp_min(0.0) * self.min_step_size, reduce="amax")
         self.n_updates += 1
         self.refresh_occupancy()
         return True
@@ -304,14 +316,20 @@ class OccupancyGrid(torch.nn.Module):
         """Recompute ``occupied`` (and ``mean_density``) from ``density``: threshold, then OR each cascade
         into the centre of the next coarser one."""
         valid0 = self.valid[0]
-        mean = self.density[0][valid0].clamp_min(0).mean() if bool(valid0.any()) else self.density.new_zeros(())
+        n_valid0 = int(valid0.sum())
+        # a masked sum, not density[0][valid0] (a boolean index: a nonzero and a gather)
+        mean = torch.where(valid0, self.density[0].clamp_min(0), 0.0).sum() / n_valid0 if n_valid0 else \
+            self.density.new_zeros(())
         self.mean_density.copy_(mean)
         thresh = min(self.threshold, float(mean))
         occupied = (self.density > thresh) & self.valid
         res, half, quarter = self.resolution, self.resolution // 2, self.resolution // 4
         grids = occupied.view(self.n_cascades, res, res, res)
         for k in range(1, self.n_cascades):
-            pooled = grids[k - 1].view(half, 2, half, 2, half, 2).amax(dim=(1, 3, 5))
+            finer = grids[k - 1]  # OR of 2x2x2 cells, one axis at a time (a 6-d amax took 4x as long)
+            pairs = finer[0::2] | finer[1::2]
+            pairs = pairs[:, 0::2] | pairs[:, 1::2]
+            pooled = pairs[:, :, 0::2] | pairs[:, :, 1::2]
             inner = grids[k, quarter:quarter + half, quarter:quarter + half, quarter:quarter + half]
             inner |= pooled
         self.occupied.copy_(occupied & self.valid)
@@ -358,6 +376,7 @@ class OccupancyGrid(torch.nn.Module):
         density = self.density
         density.copy_(torch.where(seen_all, density.clamp_min(0), torch.full_like(density, -1.0)))
         density.masked_fill_(~self.valid, 0.0)
+        self._candidates = None
         self.refresh_occupancy()
         return int((~seen_all & self.valid).sum())
 
@@ -372,6 +391,10 @@ class OccupancyGrid(torch.nn.Module):
         u = cx + fx * cam[:, 0] / safe
         v = cy - fy * cam[:, 1] / safe  # image rows run down, camera y up
         return front & (u > 0) & (u < width) & (v > 0) & (v < height)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._candidates = None  # the loaded densities may mark other cells untrained
 
     def extra_repr(self) -> str:
         return (f"center={self.center}, base_size={self.base_size}, resolution={self.resolution}, "
