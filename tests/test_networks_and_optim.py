@@ -49,8 +49,6 @@ def test_padded_rows_change_no_output_and_no_gradient():
     g = torch.randn(1000, 16, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert pad_rows(x).shape == (1024, 32) and pad_rows(x)[1000:].abs().sum() == 0
-        with torch.no_grad():
-            assert pad_rows(x) is x  # rendering: measured no faster padded
         out = net(x)
         (out * g).sum().backward()
         grads = [w.grad.clone() for w in net.parameters()]

@@ -27,10 +27,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # activations). Without huge pages each one costs thousands of page faults: measured 12 s of 35 s
 # in the kernel for a NeRF benchmark, 7 s with them. Read by torch's CPU allocator at its first use.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-# oneDNN (torch's bfloat16 matrix products on a CPU) caches a compiled primitive per shape, up to 1024;
-# a NeRF step's sample count, hence its shapes, changes every step, so the cache only grows: measured
-# 2.5 GB peak against 2.0 GB with 16 entries, at the same speed. Read at oneDNN's first use.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+# oneDNN (torch's bfloat16 matrix products on a CPU) caches a compiled primitive per shape, up to 1024.
+# Training pads its products' rows to a few sizes (ngp.networks.pad_rows), so a step's ~25 shapes
+# repeat; 16 entries evicted them every step (late lego steps 98-104 ms against 85-93 ms with 256,
+# alternating, peak memory +50-150 MB), while the unbounded default kept every rendering shape (2.5 GB
+# peak before the padding). Read at oneDNN's first use.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
 
 from ngp.config import ConfigError, load_config  # noqa: E402
 from ngp.encodings import Encoding, Module, free_temporary_memory, supports_jit_fusion  # noqa: E402

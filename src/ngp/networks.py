@@ -41,12 +41,14 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
     ``N`` rows of the result (zero rows add nothing to weight gradients).
 
     Why: on a CPU those products run through oneDNN, which builds and compiles a kernel for every new
-    shape and keeps 16 (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``); NeRF's batches change size every step and
-    every rendering round, so nearly every product paid ~0.4 ms for a new kernel (measured: a
-    [65536..69536, 64] x [64, 64] bfloat16 product 0.34-0.63 ms with one size, 0.72-1.2 ms with a new
-    size each call). With a few sizes per power of two the kernels are reused.
+    shape and keeps the last 256 (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, set by ``import ngp``); NeRF's
+    batches change size every step and every pre-pass round, so nearly every product paid ~0.4 ms for
+    a new kernel (measured: a [65536..69536, 64] x [64, 64] bfloat16 product 0.34-0.63 ms with one
+    size, 0.72-1.2 ms with a new size each call). With a few sizes per power of two the kernels are
+    reused. Used by training (:class:`Network` with gradients, the NeRF pre-pass); rendering measured
+    no faster padded.
     """
-    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or not torch.is_grad_enabled() or x.dim() != 2:
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or x.dim() != 2:
         return x
     rows = padded_row_count(x.shape[0])
     return x if rows == x.shape[0] else torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[0]))
@@ -133,7 +135,8 @@ class Network(Module):
         # and whatever follows (exp of a log-density, losses) must not: exp overflows float16 at 11.
         *body, output_activation = self.layers
         n = x.shape[0]
-        x = pad_rows(x)
+        if torch.is_grad_enabled():  # training; rendering (no gradients) measured no faster padded
+            x = pad_rows(x)
         for layer in body:
             x = layer(x)
         return output_activation(x[:n].float())

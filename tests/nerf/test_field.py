@@ -180,3 +180,18 @@ def test_field_with_given_features_equals_the_field():
     for a, b in zip(*results):
         torch.testing.assert_close(b, a)
     assert field.density_from_features(field.encode(positions)).shape == (64,)
+
+
+def test_density_from_features_under_bfloat16_autocast_matches_the_full_network():
+    """The pre-pass's densities (rows padded for oneDNN under CPU autocast, only the log-density column
+    computed) are the density network's first output, row for row."""
+    torch.manual_seed(0)
+    field = NerfField(UNIT_AABB, config=SMALL)
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+        features = field.encode(torch.rand(1000, 3))  # 1000 rows: padded to 1024
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            sigma = field.density_from_features(features)
+            log_density = field.density_network(features)[:, 0]
+    assert sigma.shape == (1000,) and sigma.dtype == torch.float32
+    torch.testing.assert_close(sigma, trunc_exp(log_density), rtol=2e-2, atol=1e-3)

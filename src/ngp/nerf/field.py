@@ -32,7 +32,7 @@ from torch import nn
 from ngp.config import ConfigError, otype_of, require_int, with_defaults
 from ngp.encodings import Encoding
 from ngp.losses import build_loss
-from ngp.networks import Network
+from ngp.networks import Network, pad_rows
 from ngp.optim import OPTIMIZER_OTYPES, UNSUPPORTED_OPTIMIZERS, parse_optimizer_config
 from ngp.train.settings import build_config, default_config
 
@@ -226,9 +226,10 @@ class NerfField(nn.Module):
         when only densities are needed: occupancy-grid updates, meshing, the training pre-pass).
         """
         layers = self.density_network.layers
-        hidden = layers[:-2](features)
+        n = features.shape[0]
+        hidden = layers[:-2](pad_rows(features))  # rows padded: oneDNN's kernels reused (see pad_rows)
         # float32 before the activation: under autocast the product is float16, where exp overflows
-        log_density = layers[-1]((hidden @ layers[-2].weight[:1].t()).float())
+        log_density = layers[-1]((hidden @ layers[-2].weight[:1].t())[:n].float())
         return trunc_exp(log_density[:, 0])
 
     def forward(self, positions: torch.Tensor, directions: torch.Tensor,
