@@ -94,7 +94,7 @@ NEAREST, LINEAR, SMOOTHSTEP = INTERPOLATIONS["Nearest"], INTERPOLATIONS["Linear"
 _P1, _P2, _P3 = PRIMES[1], PRIMES[2], PRIMES[3]  # PRIMES[0] == 1
 _MASK32 = 0xFFFFFFFF
 _DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
-#: Points per block in the 2-D/3-D forward and table-gradient kernels (see the module docstring).
+#: Points per block in the 2-D/3-D forward kernels (see the module docstring).
 BLOCK = 64
 
 # error_model="numpy": no ZeroDivisionError checks (and their branches) inside the loops.
@@ -283,7 +283,7 @@ def _stage_read(table, rows, weights, i, r, w):
 
 @njit(**_JIT)
 def _gather_staged(table, rows, weights, i, f, corners):
-    """Interpolated feature ``f`` of the block's point ``i`` (the corners in ``_gather``'s order)."""
+    """Interpolated feature ``f`` of the block's point ``i``: the sum over its corners, in ``_rows2``/``_rows3``'s order."""
     acc = weights[i, 0] * table[rows[i, 0], f]
     for k in range(1, corners):
         acc += weights[i, k] * table[rows[i, k], f]
