@@ -283,7 +283,8 @@ def _stage_read(table, rows, weights, i, r, w):
 
 @njit(**_JIT)
 def _gather_staged(table, rows, weights, i, f, corners):
-    """Interpolated feature ``f`` of the block's point ``i``: the sum over its corners, in ``_rows2``/``_rows3``'s order."""
+    """Interpolated feature ``f`` of the block's point ``i``: the sum over its corners, in
+    ``_rows2``/``_rows3``'s order."""
     acc = weights[i, 0] * table[rows[i, 0], f]
     for k in range(1, corners):
         acc += weights[i, k] * table[rows[i, k], f]
