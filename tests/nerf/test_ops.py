@@ -384,3 +384,37 @@ def test_composite_rejects_bad_input():
         ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets.int())
     with pytest.raises(ValueError, match="background"):
         ops.composite(sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, torch.zeros(4))
+
+
+@pytest.mark.parametrize("aabb_scale", [1, 4])
+def test_march_numba_skipping_far_empty_space_matches_reference_exactly(aabb_scale):
+    """A sparse scene (a few occupied clusters, as a trained grid: most blocks far from any occupied
+    cell), so that the Numba marcher jumps across cubes of several empty blocks at once; the samples
+    must be those of the reference's cell-by-cell march, bit for bit, with and without cone steps."""
+    grid = OccupancyGrid(aabb_scale=aabb_scale, resolution=64)
+    g = torch.Generator().manual_seed(11)
+    occupied = torch.zeros(grid.n_cascades, 64, 64, 64, dtype=torch.bool)
+    for c in range(grid.n_cascades):
+        for _ in range(3):
+            lo = torch.randint(0, 56, (3,), generator=g)
+            x, y, z = lo.tolist()
+            occupied[c, x:x + 6, y:y + 6, z:z + 6] = torch.rand(6, 6, 6, generator=g) < 0.6
+    occupied = (occupied.reshape(grid.n_cascades, -1) & grid.valid).to(torch.uint8)
+    radii = cpu._blocks_for(occupied, occupied.numpy(), 64, cpu._block_size(64, grid.n_cascades))
+    assert radii.max() >= 3  # the test exercises jumps over several blocks
+    o, _ = _rays(600, 12, -3.0, 4.0)
+    cells = occupied[0].view(64, 64, 64).nonzero()  # aim at occupied cells of cascade 0 (the unit cube)
+    cells = cells[torch.randint(0, cells.shape[0], (600,), generator=g)]
+    targets = (cells.float() + torch.rand(600, 3, generator=g)) / 64
+    d = torch.nn.functional.normalize(targets - o, dim=-1)
+    d[:10, 1] = 0.0  # axis-parallel rays exercise the infinite exit distances
+    d = torch.nn.functional.normalize(d, dim=-1)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
+    first = torch.rand(600, generator=g, dtype=torch.float64)
+    for cone in (0.0, 1.0 / 256):
+        args = (o, d, t_near, t_far, first, occupied, grid.center, grid.base_size, grid.resolution,
+                grid.min_step_size, grid.max_step_size, cone, 400)
+        expected, got = ref.march_rays(*args), cpu.march_rays(*args)
+        assert expected[0].shape[0] > 500
+        for e, g_ in zip(expected, got):
+            assert torch.equal(e, g_)

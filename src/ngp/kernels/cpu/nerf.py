@@ -90,6 +90,24 @@ def _exit_distance(g, d, inv_d, cell):
 
 
 @njit(fastmath=False, cache=True)
+def _cube_exit_distance(g, d, inv_d, size, k, n):
+    """Distance along one axis to the exit of the ``2k - 1`` blocks centred on the block holding ``g``
+    (in block units; ``size`` = a block's side), clipped to the grid's ``n`` blocks. ``k == 1`` is
+    :func:`_exit_distance` of the block itself (the same expression: the same bits)."""
+    if d == 0.0:
+        return np.inf
+    if d > 0.0:
+        boundary = math.floor(g + 1.0)
+        if k > 1:
+            boundary = min(boundary + (k - 1), n)
+    else:
+        boundary = math.floor(g + 0.0)
+        if k > 1:
+            boundary = max(boundary - (k - 1), 0)
+    return (boundary - g) * size * inv_d
+
+
+@njit(fastmath=False, cache=True)
 def _dt_mip(dt, dt_scale):
     """The step-length part of ``mip_from_dt`` (-1 when the step is shorter than half a cell)."""
     scaled = dt * dt_scale
@@ -106,11 +124,15 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
     (``run_start[r, k]`` = stepping coordinate of the first, ``run_count[r, k]`` = length; ``n_runs[r]``
     = -1 when there are more runs than room) so that the fill pass needs no second march.
 
-    Empty space is skipped cell by cell as instant-ngp does, and additionally block by block
-    (``block^3`` cells, ``blocks`` = their OR) where a whole block is empty. Skipping a block lands on
-    exactly the lattice point the cell-by-cell skips would reach (all lattice points inside the block
-    are in empty cells of the same cascade), so the samples are the same; with cone stepping a block
-    is only skipped when the step length cannot change the cascade before its exit.
+    Empty space is skipped cell by cell as instant-ngp does, and additionally in cubes of
+    ``block^3``-cell blocks: ``blocks`` holds each block's skip radius ``k`` (:func:`_skip_radii`),
+    and an empty block's ray jumps to the exit of the ``(2k - 1)^3`` empty blocks around it. Such a
+    jump lands on exactly the lattice point the cell-by-cell skips would reach (every lattice point
+    inside the cube is in an empty cell of the same cascade, and the cube is convex), so the samples
+    are the same; with cone stepping a cube (else the block alone) is only skipped when the step
+    length cannot change the cascade before its exit. Far from the scene a ray crosses the grid in a
+    few jumps: the first 4 samples of a lego frame's 640k rays took 244 ms, 429 ms with one 8^3 block
+    per jump (465k of the rays hit nothing: 177 against 288 ms).
     """
     n_cascades = occupied.shape[0]
     n_blocks = resolution // block
@@ -174,16 +196,16 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
         cell = cell0 * math.ldexp(1.0, mip)
         t_target = -1.0
         if block > 1:
-            block_empty = True
+            k = 1  # outside the grid: the block the position would be in
             if inside:
                 bx, by, bz = int(ix) // block, int(iy) // block, int(iz) // block
-                block_empty = blocks[mip, (bx * n_blocks + by) * n_blocks + bz] == 0
-            if block_empty:
-                size = cell * block
-                inv_block = 1.0 / block  # a power of two: exact
-                dist = min(_exit_distance(gx * inv_block, dx, idx, size),
-                           min(_exit_distance(gy * inv_block, dy, idy, size),
-                               _exit_distance(gz * inv_block, dz, idz, size)))
+                k = blocks[mip, (bx * n_blocks + by) * n_blocks + bz]
+            size = cell * block
+            inv_block = 1.0 / block  # a power of two: exact
+            while k > 0:
+                dist = min(_cube_exit_distance(gx * inv_block, dx, idx, size, k, n_blocks),
+                           min(_cube_exit_distance(gy * inv_block, dy, idy, size, k, n_blocks),
+                               _cube_exit_distance(gz * inv_block, dz, idz, size, k, n_blocks)))
                 t_exit = t + max(dist, 0.0)
                 safe = linear or mip == n_cascades - 1
                 if not safe:
@@ -193,6 +215,8 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
                     safe = _dt_mip(dt_exit, dt_scale) <= mip
                 if safe:
                     t_target = t_exit
+                    break
+                k = 1 if k > 1 else 0  # the step could reach a coarser cascade: try the block alone
         if t_target < 0.0:
             dist = min(_exit_distance(gx, dx, idx, cell),
                        min(_exit_distance(gy, dy, idy, cell), _exit_distance(gz, dz, idz, cell)))
@@ -258,10 +282,73 @@ def _block_occupancy(occupied, resolution, block, out):
                 out[c, (bx * n_blocks + by) * n_blocks + bz] = any_occupied
 
 
+#: The 13 neighbours (dx, dy, dz) that come before a block in raster order (the backward sweep
+#: uses their negatives).
+_EARLIER = np.array([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
+                     if dx * 9 + dy * 3 + dz < 0], np.int64)
+
+
+@njit(**_EXACT)
+def _chessboard_distance(obstacle, n, cap, earlier, out):
+    """``out[c, (x * n + y) * n + z]`` = L-infinity distance, in blocks, from each block of cascade ``c``
+    (an ``n^3`` grid) to the nearest ``obstacle`` block, at most ``cap`` (0 on obstacles). Two raster
+    passes over the 26-neighbourhood with unit weights, which is exact for this metric (Rosenfeld and
+    Pfaltz's chamfer distance): O(blocks), where growing the obstacles a block at a time is
+    O(blocks * radius)."""
+    for c in prange(obstacle.shape[0]):
+        d = out[c]
+        for i in range(n * n * n):
+            d[i] = 0 if obstacle[c, i] else cap
+        for sign in (1, -1):  # forward over the neighbours before each block, then backward
+            for a in range(n):
+                x = a if sign == 1 else n - 1 - a
+                for b in range(n):
+                    y = b if sign == 1 else n - 1 - b
+                    for e in range(n):
+                        z = e if sign == 1 else n - 1 - e
+                        i = (x * n + y) * n + z
+                        best = d[i]
+                        if best == 0:
+                            continue
+                        for j in range(earlier.shape[0]):
+                            xx = x + sign * earlier[j, 0]
+                            yy = y + sign * earlier[j, 1]
+                            zz = z + sign * earlier[j, 2]
+                            if 0 <= xx < n and 0 <= yy < n and 0 <= zz < n:
+                                best = min(best, d[(xx * n + yy) * n + zz] + 1)
+                        d[i] = best
+
+
+def _skip_radii(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Per block (``[C, n_blocks^3]``, from :func:`_block_occupancy`), how far the marcher may skip:
+    0 for an occupied block, else ``k`` such that the ``(2k - 1)^3`` blocks centred on it hold no
+    occupied cell (the L-infinity distance, in blocks, to the nearest block the marcher must not skip,
+    at most 255). In cascades above the first, the inner cascade's box (the middle half of each axis)
+    is looked up in that cascade, so its blocks count as not skippable for their neighbours and get at
+    most 1 (themselves) when empty."""
+    n_cascades = any_occupied.shape[0]
+    occupied = any_occupied.reshape(n_cascades, n_blocks, n_blocks, n_blocks) != 0
+    inner = np.zeros_like(occupied)
+    q = n_blocks // 4
+    if n_cascades > 1 and q > 0:
+        inner[1:, q:3 * q, q:3 * q, q:3 * q] = True
+    obstacle = (occupied | inner).reshape(n_cascades, -1).view(np.uint8)
+    distance = np.empty(obstacle.shape, np.int32)
+    # n_blocks: the cube covers the whole grid (it is clipped to it)
+    _chessboard_distance(obstacle, n_blocks, min(n_blocks, 255), _EARLIER, distance)
+    radii = distance.astype(np.uint8)
+    radii[(inner & ~occupied).reshape(n_cascades, -1)] = 1
+    return radii
+
+
 def _block_size(resolution: int, n_cascades: int) -> int:
-    """Largest block (8, 4, 2 cells) that tiles the grid and, with several cascades, also the inner
-    cascade's box (which starts at cell ``resolution / 4``), so that no block straddles two cascades."""
-    for block in (8, 4, 2):
+    """Blocks of 2^3 cells where they tile the grid and, with several cascades, also the inner
+    cascade's box (which starts at cell ``resolution / 4``), so that no block straddles two cascades;
+    else 1 (no blocks). With skip radii, small blocks skip closer to the occupied cells: the first
+    round of a frame's march (lego at 800x800 / fox at 540x960, 2 cores) took 229 / 433 ms with
+    2-cell blocks, 246 / 466 ms with 4 and 368 / 585 ms with 8 (whose radii were mostly 1 on lego:
+    scattered occupied cells leave few empty 8^3 blocks beside each other)."""
+    for block in (2,):
         if resolution % block == 0 and (n_cascades == 1 or (resolution // 4) % block == 0):
             return block
     return 1
@@ -288,9 +375,10 @@ _BLOCKS_CACHE: list = []  # [(weakref to the grid tensor, (address, shape, versi
 
 
 def _blocks_for(occupied: torch.Tensor, occ: np.ndarray, resolution: int, block: int) -> np.ndarray:
-    """Which ``block^3`` blocks of each cascade hold an occupied cell; reused while the same grid tensor
-    (by identity, not address; a view counts as its base, e.g. the uint8 view of a bool grid made per
-    call) is unchanged (in-place updates bump the version counter a base shares with its views)."""
+    """The skip radius of each ``block^3`` block of each cascade (:func:`_skip_radii`); reused while the
+    same grid tensor (by identity, not address; a view counts as its base, e.g. the uint8 view of a bool
+    grid made per call) is unchanged (in-place updates bump the version counter a base shares with its
+    views)."""
     base = occupied._base if occupied._base is not None else occupied
     try:
         key = (occupied.data_ptr(), tuple(occupied.shape), occupied._version, resolution, block)
@@ -303,6 +391,7 @@ def _blocks_for(occupied: torch.Tensor, occ: np.ndarray, resolution: int, block:
     blocks = np.zeros((occ.shape[0], (resolution // block) ** 3), np.uint8)
     if block > 1:
         _block_occupancy(occ, resolution, block, blocks)
+        blocks = _skip_radii(blocks, resolution // block)
     if key is not None:
         _BLOCKS_CACHE[:] = [(weakref.ref(base), key, blocks)]
     return blocks
