@@ -1,0 +1,38 @@
+"""What ``import ngp`` sets for the whole process (see ``ngp/__init__.py``)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Allocates and frees a 40 MB tensor (above glibc's largest mmap threshold, so by default mapped
+# afresh and zeroed by the kernel every time) and prints the page faults per round after a warm-up.
+_PROBE = """
+import resource, sys
+import ngp, torch
+for _ in range(3):
+    torch.empty(10 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.empty(10 << 20).fill_(1.0)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+def _faults_per_round(**env) -> float:
+    environment = {k: v for k, v in os.environ.items() if k != "NGP_KEEP_FREED_MEMORY"}
+    environment.update(env)
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=environment, capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc options: Linux only")
+def test_import_keeps_freed_memory_for_the_next_allocation():
+    if "malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(k.startswith("MALLOC_") for k in os.environ):
+        pytest.skip("malloc options set in this environment: ngp leaves them alone")
+    kept = _faults_per_round()
+    returned = _faults_per_round(NGP_KEEP_FREED_MEMORY="0")
+    assert returned >= 10, f"the probe should fault without the setting ({returned} faults per round)"
+    assert kept < 2, f"a freed 40 MB block should be reused without page faults, got {kept} per round"
