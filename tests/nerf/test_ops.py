@@ -418,3 +418,15 @@ def test_march_numba_skipping_far_empty_space_matches_reference_exactly(aabb_sca
         assert expected[0].shape[0] > 500
         for e, g_ in zip(expected, got):
             assert torch.equal(e, g_)
+
+
+def test_march_without_per_sample_directions_leaves_them_empty(backend):
+    grid = OccupancyGrid(aabb=UNIT, resolution=16)
+    o, d = _rays(64, 13)
+    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, UNIT)
+    full = ops.march_rays(o, d, t_near, t_far, grid)
+    lean = ops.march_rays(o, d, t_near, t_far, grid, sample_directions=False)
+    assert full.n_samples > 100 and torch.equal(full.directions, d[full.ray_indices])
+    assert lean.directions.shape == (0, 3)
+    for name in ("positions", "ts", "t_starts", "t_ends", "ray_indices", "ray_offsets"):
+        assert torch.equal(getattr(lean, name), getattr(full, name)), name

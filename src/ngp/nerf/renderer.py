@@ -216,7 +216,8 @@ class _SegmentMarch:
         jitter = self.generator if (self.generator is not None and self.round == 0) else False
         self.samples = march_rays(self.origins[alive], self.directions[alive], self.t_near[alive], self.t_far[alive],
                                   self.renderer.grid, step_size=s.step_size if self.renderer.grid is None else None,
-                                  cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter)
+                                  cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter,
+                                  sample_directions=False)  # shading takes the rays' directions
         return self.samples
 
     def advance(self, transparent: torch.Tensor) -> None:

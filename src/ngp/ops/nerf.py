@@ -212,6 +212,7 @@ def march_rays(
     max_samples_per_ray: int = 1024,
     jitter: bool | torch.Generator = False,
     max_step_size: float | None = None,
+    sample_directions: bool = True,
 ) -> RaySamples:
     """Sample rays through the occupied cells of a cascaded occupancy grid, as instant-ngp marches.
 
@@ -235,6 +236,8 @@ def march_rays(
         max_samples_per_ray: samples beyond this many per ray are dropped (instant-ngp: 1024).
         jitter: ``False`` (deterministic) or ``True`` / a ``torch.Generator`` for a random first offset.
         max_step_size: largest step; default ``grid.max_step_size`` (the diagonal of a coarsest cell).
+        sample_directions: ``False`` leaves ``directions`` empty (``[0, 3]``), for callers that use
+            the rays' own directions with ``ray_indices`` (an ``[S, 3]`` gather saved per call).
 
     Returns:
         :class:`RaySamples` (``positions [S, 3]``, ``directions [S, 3]``, ``ts, t_starts, t_ends [S]``,
@@ -284,7 +287,8 @@ def march_rays(
             t_far.to(origins.dtype).contiguous(), first, occupied.contiguous(), center, base_size, resolution,
             float(step_size), max_step, float(cone_angle), int(max_samples_per_ray))
     positions, ts, t_starts, t_ends, ray_indices, ray_offsets = _kernels(origins.device).march_rays(*args)
-    return RaySamples(positions, directions[ray_indices], ts, t_starts, t_ends, ray_indices, ray_offsets)
+    per_sample = directions[ray_indices] if sample_directions else directions.new_empty(0, 3)
+    return RaySamples(positions, per_sample, ts, t_starts, t_ends, ray_indices, ray_offsets)
 
 
 def grid_cell_index(positions: torch.Tensor, grid: OccupancyGridLike, dt: torch.Tensor | None = None) -> torch.Tensor:

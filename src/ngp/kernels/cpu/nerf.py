@@ -96,14 +96,10 @@ def _cube_exit_distance(g, d, inv_d, size, k, n):
     :func:`_exit_distance` of the block itself (the same expression: the same bits)."""
     if d == 0.0:
         return np.inf
-    if d > 0.0:
-        boundary = math.floor(g + 1.0)
-        if k > 1:
-            boundary = min(boundary + (k - 1), n)
-    else:
-        boundary = math.floor(g + 0.0)
-        if k > 1:
-            boundary = max(boundary - (k - 1), 0)
+    sign = 1.0 if d > 0.0 else -1.0
+    boundary = math.floor(g + 0.5 + 0.5 * sign)
+    if k > 1:
+        boundary = min(boundary + (k - 1), n) if d > 0.0 else max(boundary - (k - 1), 0)
     return (boundary - g) * size * inv_d
 
 
