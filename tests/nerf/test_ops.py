@@ -186,13 +186,18 @@ def test_march_numba_matches_reference_exactly():
     o, d = _rays(400, 8, -3.0, 4.0)
     d[:10, 0] = 0.0  # axis-parallel rays exercise the infinite exit distances
     d = torch.nn.functional.normalize(d, dim=-1)
+    _assert_numba_marches_as_reference(grid, occupied, o, d, torch.rand(400, generator=g, dtype=torch.float64),
+                                       max_samples=300, at_least=1000)
+
+
+def _assert_numba_marches_as_reference(grid, occupied, o, d, first, max_samples, at_least):
+    """The Numba marcher's samples equal the reference's bit for bit, with constant and cone steps."""
     t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
-    first = torch.rand(400, generator=g, dtype=torch.float64)
     for cone in (0.0, 1.0 / 256):
         args = (o, d, t_near, t_far, first, occupied, grid.center, grid.base_size, grid.resolution,
-                grid.min_step_size, grid.max_step_size, cone, 300)
+                grid.min_step_size, grid.max_step_size, cone, max_samples)
         expected, got = ref.march_rays(*args), cpu.march_rays(*args)
-        assert expected[0].shape[0] > 1000
+        assert expected[0].shape[0] > at_least
         for e, g_ in zip(expected, got):
             assert torch.equal(e, g_)
 
@@ -409,15 +414,8 @@ def test_march_numba_skipping_far_empty_space_matches_reference_exactly(aabb_sca
     d = torch.nn.functional.normalize(targets - o, dim=-1)
     d[:10, 1] = 0.0  # axis-parallel rays exercise the infinite exit distances
     d = torch.nn.functional.normalize(d, dim=-1)
-    t_near, t_far, _ = ops.ray_aabb_intersect(o, d, grid.aabb)
-    first = torch.rand(600, generator=g, dtype=torch.float64)
-    for cone in (0.0, 1.0 / 256):
-        args = (o, d, t_near, t_far, first, occupied, grid.center, grid.base_size, grid.resolution,
-                grid.min_step_size, grid.max_step_size, cone, 400)
-        expected, got = ref.march_rays(*args), cpu.march_rays(*args)
-        assert expected[0].shape[0] > 500
-        for e, g_ in zip(expected, got):
-            assert torch.equal(e, g_)
+    _assert_numba_marches_as_reference(grid, occupied, o, d, torch.rand(600, generator=g, dtype=torch.float64),
+                                       max_samples=400, at_least=500)
 
 
 def test_march_without_per_sample_directions_leaves_them_empty(backend):
