@@ -117,7 +117,7 @@ def packed(n_rays=40, max_per_ray=24, n_channels=3, seed=0, dtype=torch.float32)
     return sigmas, rgbs, t_starts, t_ends, ray_indices, offsets, background
 
 
-@pytest.mark.parametrize("n_channels,with_grad_weights", [(3, True), (3, False), (1, True), (5, False)])
+@pytest.mark.parametrize("n_channels,with_grad_weights", [(3, True), (3, False), (1, True), (5, False), (0, True)])
 def test_composite_forward_and_backward_match_reference(n_channels, with_grad_weights):
     inputs = packed(n_channels=n_channels, seed=n_channels)
     n_rays, n = inputs[5].shape[0] - 1, inputs[0].shape[0]

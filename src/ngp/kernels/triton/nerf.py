@@ -408,6 +408,12 @@ def _composite_backward_kernel(
         trans = tl.where(live, trans_next, trans)
 
 
+def _channel_block(n_channels: int) -> int:
+    # a power of two, at least 1: tl.arange(0, 0) does not exist, and no colour channel (densities
+    # composited for their weights, opacity and depth) is a valid call; the kernels mask ch < C
+    return max(triton.next_power_of_2(n_channels), 1)
+
+
 def _threshold(value: float, device) -> torch.Tensor:
     # float64 like the reference's comparison (a Python float argument would become float32)
     return torch.tensor([float(value)], dtype=torch.float64, device=device)
@@ -427,7 +433,7 @@ def composite_forward(sigmas, rgbs, t_starts, t_ends, ray_indices, ray_offsets, 
     kernels_for_mode(__name__)._composite_forward_kernel[(triton.cdiv(n_rays, block),)](
         sigmas.contiguous(), rgbs.contiguous(), t_starts.contiguous(), t_ends.contiguous(), ray_offsets.contiguous(),
         background.contiguous(), _threshold(threshold, device), color, opacity, depth, weights, n_rays,
-        C=n_channels, CP=triton.next_power_of_2(n_channels), BLOCK=block, **_EXACT,
+        C=n_channels, CP=_channel_block(n_channels), BLOCK=block, **_EXACT,
     )
     return color, opacity, depth, weights
 
@@ -451,6 +457,6 @@ def composite_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigma
         t_starts.contiguous(), t_ends.contiguous(), ray_offsets.contiguous(), background.contiguous(),
         color.contiguous(), opacity.contiguous(), depth.contiguous(), _threshold(threshold, device),
         grad_sigmas, grad_rgbs, grad_background, n_rays,
-        C=n_channels, CP=triton.next_power_of_2(n_channels), HAS_GW=has_gw, BLOCK=block, **_EXACT,
+        C=n_channels, CP=_channel_block(n_channels), HAS_GW=has_gw, BLOCK=block, **_EXACT,
     )
     return grad_sigmas, grad_rgbs, grad_background
