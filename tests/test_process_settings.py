@@ -9,7 +9,7 @@ import pytest
 # Allocates and frees a 40 MB tensor (above glibc's largest mmap threshold, so by default mapped
 # afresh and zeroed by the kernel every time) and prints the page faults per round after a warm-up.
 _PROBE = """
-import resource, sys
+import resource
 import ngp, torch
 for _ in range(3):
     torch.empty(10 << 20).fill_(1.0)
