@@ -80,27 +80,17 @@ def _lookup_mip(rx, ry, rz, dt, dt_scale, n_cascades):
 
 
 @njit(fastmath=False, cache=True)
-def _exit_distance(g, d, inv_d, cell):
-    """Distance along one axis to the next cell boundary (``reference.distance_to_cell_exit``)."""
-    if d == 0.0:
-        return np.inf
-    sign = 1.0 if d > 0.0 else -1.0
-    boundary = math.floor(g + 0.5 + 0.5 * sign)
-    return (boundary - g) * cell * inv_d
-
-
-@njit(fastmath=False, cache=True)
-def _cube_exit_distance(g, d, inv_d, size, k, n):
-    """Distance along one axis to the exit of the ``2k - 1`` blocks centred on the block holding ``g``
-    (in block units; ``size`` = a block's side), clipped to the grid's ``n`` blocks. ``k == 1`` is
-    :func:`_exit_distance` of the block itself (the same expression: the same bits)."""
+def _exit_distance(g, d, inv_d, cell, k, n):
+    """Distance along one axis to the next cell boundary (``reference.distance_to_cell_exit``; ``g`` in
+    cells of side ``cell``); with ``k > 1``, to the exit of the ``2k - 1`` cells centred on the one
+    holding ``g``, clipped to the grid's ``n`` cells (the marcher's cubes of empty blocks)."""
     if d == 0.0:
         return np.inf
     sign = 1.0 if d > 0.0 else -1.0
     boundary = math.floor(g + 0.5 + 0.5 * sign)
     if k > 1:
         boundary = min(boundary + (k - 1), n) if d > 0.0 else max(boundary - (k - 1), 0)
-    return (boundary - g) * size * inv_d
+    return (boundary - g) * cell * inv_d
 
 
 @njit(fastmath=False, cache=True)
@@ -199,9 +189,9 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
             size = cell * block
             inv_block = 1.0 / block  # a power of two: exact
             while k > 0:
-                dist = min(_cube_exit_distance(gx * inv_block, dx, idx, size, k, n_blocks),
-                           min(_cube_exit_distance(gy * inv_block, dy, idy, size, k, n_blocks),
-                               _cube_exit_distance(gz * inv_block, dz, idz, size, k, n_blocks)))
+                dist = min(_exit_distance(gx * inv_block, dx, idx, size, k, n_blocks),
+                           min(_exit_distance(gy * inv_block, dy, idy, size, k, n_blocks),
+                               _exit_distance(gz * inv_block, dz, idz, size, k, n_blocks)))
                 t_exit = t + max(dist, 0.0)
                 safe = linear or mip == n_cascades - 1
                 if not safe:
@@ -214,8 +204,9 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
                     break
                 k = 1 if k > 1 else 0  # the step could reach a coarser cascade: try the block alone
         if t_target < 0.0:
-            dist = min(_exit_distance(gx, dx, idx, cell),
-                       min(_exit_distance(gy, dy, idy, cell), _exit_distance(gz, dz, idz, cell)))
+            dist = min(_exit_distance(gx, dx, idx, cell, 1, resolution),
+                       min(_exit_distance(gy, dy, idy, cell, 1, resolution),
+                           _exit_distance(gz, dz, idz, cell, 1, resolution)))
             t_target = t + max(dist, 0.0)
         n += math.ceil(max(_to_stepping(t_target, cone, min_step, max_step) - n, 0.5))
     if not write:
