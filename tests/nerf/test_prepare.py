@@ -138,6 +138,15 @@ def unrelated_image(seed: int, size: int = RESOLUTION) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ built-in scene, 40 photos
+#: COLMAP's matching and mapping are randomised and, with threads, not repeatable: in dozens of runs on
+#: this scene every camera landed within 0.5% of the scene, but once (in CI) two of the 40 were
+#: registered far off (2.8 and 6.3 units, one turned 178 degrees; periodic textures match in more
+#: than one place). A gross misregistration like that is prepared again with the next seed, so that
+#: the tests below judge ngp's own part (framing, intrinsics, points, files); every seed failing
+#: fails them, and a run that needed another seed prints why.
+SEEDS = (0, 1, 2)
+
+
 @pytest.fixture(scope="module")
 def builtin_capture(tmp_path_factory):
     """40 renders from known poses plus one unrelated picture, prepared once:
@@ -146,10 +155,28 @@ def builtin_capture(tmp_path_factory):
     poses = camera_poses(N_PHOTOS, seed=7, min_elevation_deg=20, max_elevation_deg=70)
     names = [f"{i:03d}.png" for i in range(N_PHOTOS)]
     write_photos(root / "photos", [photo(p) for p in poses] + [unrelated_image(seed=5)], names + [UNRELATED])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = prepare_scene(root / "photos", root / "data", progress=False, log=lambda _: None)
-    return result, root / "data", dict(zip(names, poses)), [str(w.message) for w in caught]
+    truth = dict(zip(names, poses))
+    for seed in SEEDS:
+        out = root / f"data_seed{seed}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = prepare_scene(root / "photos", out, seed=seed, progress=False, log=lambda _: None)
+        misregistered = grossly_misregistered(out, truth)
+        if not misregistered:
+            break
+        print(f"seed {seed}: {len(misregistered)} of {len(names)} cameras off by more than 10% of the scene "
+              f"({', '.join(misregistered[:5])}{', ...' if len(misregistered) > 5 else ''}): COLMAP misregistered "
+              "some; preparing again with the next seed")
+    return result, out, truth, [str(w.message) for w in caught]
+
+
+def grossly_misregistered(out: Path, truth: dict[str, np.ndarray]) -> list[str]:
+    """The images whose camera centre is off by more than 10% of the scene after the alignment."""
+    _, names, ours = frames_of(out)
+    if sorted(names) != sorted(truth):
+        return []  # left to the tests to report
+    _, centre_error, _ = alignment(ours, np.stack([truth[n] for n in names]))
+    return [n for n, e in zip(names, centre_error) if e > 0.1 * SCENE_SIZE]
 
 
 @pytest.mark.slow
