@@ -101,6 +101,21 @@ def test_incremental_inference_equals_single_pass_rendering(trained, scene):
     assert inc.n_samples <= one.n_samples  # terminated rays stop being marched
 
 
+@pytest.mark.parametrize("bad", ["origin", "direction"])
+def test_renderers_refuse_rays_with_nan_before_marching(trained, scene, bad):
+    """The segment marchers check the rays once (later rounds march them unchecked)."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    o, d = generate_rays(test.cameras, *test.pixels_for_image(0)[:2])
+    o, d = o[:64].clone(), d[:64].clone()
+    (o if bad == "origin" else d)[37, 1] = math.nan
+    with torch.no_grad():
+        for render in (lambda: task.renderer.render_rays_inference(o, d, torch.ones(3)),
+                       lambda: task.renderer.march_in_front(o, d)):
+            with pytest.raises(ValueError, match="NaN"):
+                render()
+
+
 def test_segment_schedules_render_the_same_picture(trained, scene):
     """Whatever the segment lengths, a ray's samples lie on one lattice of steps and it stops where it
     turns opaque: the adaptive schedule renders the fixed one's picture and evaluates fewer samples

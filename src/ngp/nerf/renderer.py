@@ -24,7 +24,7 @@ import torch
 from ngp.geometry.cameras import Cameras, generate_rays
 from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
-from ngp.ops.nerf import RaySamples, composite, march_rays, ray_aabb_intersect
+from ngp.ops.nerf import RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect
 from ngp.train.precision import native_bfloat16
 
 __all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE",
@@ -214,10 +214,12 @@ class _SegmentMarch:
         s, alive = self.renderer.settings, self.alive
         self.segment = min(self.schedule.size(self.round, self.origins.shape[0], alive.numel()), s.max_samples_per_ray)
         jitter = self.generator if (self.generator is not None and self.round == 0) else False
-        self.samples = march_rays(self.origins[alive], self.directions[alive], self.t_near[alive], self.t_far[alive],
-                                  self.renderer.grid, step_size=s.step_size if self.renderer.grid is None else None,
-                                  cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter,
-                                  sample_directions=False)  # shading takes the rays' directions
+        # the rays were checked by ray_aabb_intersect in __init__
+        self.samples = march_checked_rays(self.origins[alive], self.directions[alive], self.t_near[alive],
+                                          self.t_far[alive], self.renderer.grid,
+                                          step_size=s.step_size if self.renderer.grid is None else None,
+                                          cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter,
+                                          sample_directions=False)  # shading takes the rays' directions
         return self.samples
 
     def advance(self, transparent: torch.Tensor) -> None:

@@ -252,6 +252,17 @@ def march_rays(
         (torch.Size([S, 3]), torch.Size([R + 1]))
     """
     _check_rays(origins, directions)
+    return march_checked_rays(origins, directions, t_near, t_far, grid, step_size, cone_angle, max_samples_per_ray,
+                              jitter, max_step_size, sample_directions)
+
+
+def march_checked_rays(origins: torch.Tensor, directions: torch.Tensor, t_near: torch.Tensor, t_far: torch.Tensor,
+                       grid: OccupancyGridLike | None, step_size: float | None = None, cone_angle: float = 0.0,
+                       max_samples_per_ray: int = 1024, jitter: bool | torch.Generator = False,
+                       max_step_size: float | None = None, sample_directions: bool = True) -> RaySamples:
+    """:func:`march_rays` for rays that the caller has already checked (shape, dtype, finite): the
+    renderers march the same rays again and again, a segment at a time, and checking them for NaN
+    every round took ~25 ms of a 1.8 s lego frame."""
     n_rays = origins.shape[0]
     for name, t in (("t_near", t_near), ("t_far", t_far)):
         if t.shape != (n_rays,):
