@@ -36,3 +36,18 @@ def test_import_keeps_freed_memory_for_the_next_allocation():
     returned = _faults_per_round(NGP_KEEP_FREED_MEMORY="0")
     assert returned >= 10, f"the probe should fault without the setting ({returned} faults per round)"
     assert kept < 2, f"a freed 40 MB block should be reused without page faults, got {kept} per round"
+
+
+def _openmp_settings_after_import(**env) -> list[str]:
+    """``[OMP_WAIT_POLICY, GOMP_SPINCOUNT]`` in a fresh process after ``import ngp`` ("None": unset)."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environment.update(env)
+    probe = "import os, ngp; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
+    return out.stdout.split()[-2:]
+
+
+def test_import_has_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():
+    assert _openmp_settings_after_import() == ["PASSIVE", "100000"]
+    assert _openmp_settings_after_import(OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
+    assert _openmp_settings_after_import(GOMP_SPINCOUNT="5") == ["None", "5"]

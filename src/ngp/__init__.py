@@ -19,10 +19,17 @@ tiny-cuda-nn's PyTorch API is here under the same names (``Encoding``, ``Network
 
 import os
 
-# Torch and Numba each run an OpenMP thread pool and a training step alternates between them. With
-# OpenMP's default active waiting, the idle pool's threads spin and starve the other: measured here
-# up to 9x slower steps on 2 cores. Passive waiting must be chosen before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Torch and Numba each run an OpenMP thread pool (torch's own libgomp and the system's, which Numba's
+# omp layer loads), and a step alternates between them hundreds of times. With libgomp's default (spin
+# ~3 ms, then sleep) the idle pool's threads spun and starved the other: up to 9x slower steps on 2
+# cores (measured early on). Sleeping at once (passive) has every parallel region wake its threads
+# through the kernel: with ~1 ms of spinning first, resumed 30-s lego sessions trained 624-693k ->
+# 763-792k samples/s, lego frames 1.59-1.70 -> 1.40-1.58 s, a 300-step image fit 6.1-6.4 -> 5.3 s,
+# SDF steps in 20 s 160-171 -> 179 (alternating; 10k and 1M spins measured alike, 768-807k).
+# Both are read when each library first loads, so before torch and Numba are imported.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "100000"  # libgomp's unit: ~100k spins per ms
 # Training allocates and frees buffers of tens of MB every step (gradients of the hash tables,
 # activations). Without huge pages each one costs thousands of page faults: measured 12 s of 35 s
 # in the kernel for a NeRF benchmark, 7 s with them. Read by torch's CPU allocator at its first use.
