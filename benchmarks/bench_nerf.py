@@ -18,6 +18,7 @@ import argparse
 import statistics
 import time
 
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.nerf.evaluation import background_for

@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.nerf.datasets import load_dataset

@@ -25,7 +25,10 @@ import os
 # cores (measured early on). Sleeping at once (passive) has every parallel region wake its threads
 # through the kernel: with ~1 ms of spinning first, resumed 30-s lego sessions trained 624-693k ->
 # 763-792k samples/s, lego frames 1.59-1.70 -> 1.40-1.58 s, a 300-step image fit 6.1-6.4 -> 5.3 s,
-# SDF steps in 20 s 160-171 -> 179 (alternating; 10k and 1M spins measured alike, 768-807k).
+# SDF steps in 20 s 160-171 -> 179 (alternating; 10k and 1M spins trained alike, 768-807k, 10k rendered
+# slower). The cost: on cores that other processes keep busy, spinning threads take their time slices
+# (image fit, 100 steps, beside two busy processes: 5.1-14.2 s against 3.3-4.3 s passive); set
+# OMP_WAIT_POLICY=PASSIVE on such a machine.
 # Both are read when each library first loads, so before torch and Numba are imported.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
