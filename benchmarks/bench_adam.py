@@ -13,6 +13,7 @@ import argparse
 import time
 
 import numpy as np
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.kernels.cpu import adam

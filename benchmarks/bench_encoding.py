@@ -20,6 +20,7 @@ import statistics
 import time
 
 import numba
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.kernels.reference import hashgrid as reference

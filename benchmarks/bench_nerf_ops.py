@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.nerf.occupancy import OccupancyGrid

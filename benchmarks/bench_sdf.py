@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 DATA = Path(os.environ.get("NGP_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
