@@ -20,12 +20,16 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
 
 
-def _faults_per_round(**env) -> float:
-    environment = {k: v for k, v in os.environ.items() if k != "NGP_KEEP_FREED_MEMORY"}
+def _fresh_python(code: str, unset: tuple[str, ...], **env) -> str:
+    """What ``code`` prints in a new interpreter, with this environment less ``unset``, plus ``env``."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
     environment.update(env)
-    out = subprocess.run([sys.executable, "-c", _PROBE], env=environment, capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _faults_per_round(**env) -> float:
+    return float(_fresh_python(_PROBE, ("NGP_KEEP_FREED_MEMORY",), **env).strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc options: Linux only")
@@ -40,11 +44,8 @@ def test_import_keeps_freed_memory_for_the_next_allocation():
 
 def _openmp_settings_after_import(**env) -> list[str]:
     """``[OMP_WAIT_POLICY, GOMP_SPINCOUNT]`` in a fresh process after ``import ngp`` ("None": unset)."""
-    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    environment.update(env)
     probe = "import os, ngp; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
-    out = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True)
-    return out.stdout.split()[-2:]
+    return _fresh_python(probe, ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"), **env).split()[-2:]
 
 
 def test_import_has_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():

@@ -24,7 +24,7 @@ import os
 # ~3 ms, then sleep) the idle pool's threads spun and starved the other: up to 9x slower steps on 2
 # cores (measured early on). Sleeping at once (passive) has every parallel region wake its threads
 # through the kernel: with ~1 ms of spinning first, resumed 30-s lego sessions trained 624-693k ->
-# 763-792k samples/s, lego frames 1.59-1.70 -> 1.40-1.58 s, a 300-step image fit 6.1-6.4 -> 5.3 s,
+# 763-799k samples/s, lego frames 1.59-1.70 -> 1.40-1.58 s, a 300-step image fit 6.1-6.4 -> 5.3 s,
 # SDF steps in 20 s 160-171 -> 179 (alternating; 10k and 1M spins trained alike, 768-807k, 10k rendered
 # slower). The cost: on cores that other processes keep busy, spinning threads take their time slices
 # (image fit, 100 steps, beside two busy processes: 5.1-14.2 s against 3.3-4.3 s passive); set
