@@ -65,6 +65,34 @@ def test_padded_rows_change_no_output_and_no_gradient():
     assert pad_rows(x) is x  # float32 (no autocast): nothing padded
 
 
+@pytest.mark.skipif(ngp.networks._LINEAR_RELU is None, reason="this PyTorch build has no fused oneDNN linear + ReLU")
+def test_inference_fuses_linear_and_relu_with_the_same_result(monkeypatch):
+    """Without gradients under CPU bfloat16 autocast, each hidden Linear + ReLU is one oneDNN call, with the
+    result of the separate product and ReLU; with gradients (training) the layers run as they are."""
+    import ngp.networks as networks
+
+    fused = networks._LINEAR_RELU
+    calls = []
+    monkeypatch.setattr(networks, "_LINEAR_RELU", lambda *args: calls.append(args[0].shape) or fused(*args))
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=3)
+    x = torch.rand(3000, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            out = net(x)
+            assert calls == [(3000, 32), (3000, 64)]  # both hidden layers fused, the output layer not
+            h = x
+            for layer in net.layers[:-1]:  # the same layers one by one
+                h = layer(h)
+        assert (h > 0).any() and (h < 0).any()  # the ReLUs had work to do
+        torch.testing.assert_close(out, h.float(), rtol=0, atol=0)
+        calls.clear()
+        net(x)
+        assert calls == []  # with gradients: plain layers (the fused op has no backward)
+    with torch.no_grad():
+        net(x)
+    assert calls == []  # float32: plain layers
+
+
 def test_losses_against_closed_forms():
     pred, target = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
     assert build_loss({"otype": "L2"})(pred, target).item() == pytest.approx((1 + 4) / 2)

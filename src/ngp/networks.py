@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +68,40 @@ ACTIVATIONS = {
     "Softplus": lambda: nn.Softplus(beta=10.0),
     "Tanh": nn.Tanh,
 }
+
+
+def _fused_linear_relu():
+    """oneDNN's matrix product with the ReLU applied as it writes the result (the op PyTorch's compiler
+    uses for frozen CPU models), or None where this build of PyTorch lacks it."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR_RELU = _fused_linear_relu()
+
+
+def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``x`` through ``layers`` in turn; without gradients in CPU bfloat16 autocast (rendering, the NeRF pre-pass), each
+    ``Linear`` followed by a ``ReLU`` runs as one fused oneDNN call, bit for bit the same result: the
+    separate ReLU pass over every ``[N, 64]`` product cost a fox frame 0.26 of 7.3 s (measured).
+    """
+    modules = list(layers)
+    fuse = (_LINEAR_RELU is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    i = 0
+    while i < len(modules):
+        layer = modules[i]
+        fusable = (fuse and isinstance(layer, nn.Linear) and layer.bias is None and i + 1 < len(modules)
+                   and isinstance(modules[i + 1], nn.ReLU))
+        if fusable:
+            x = _LINEAR_RELU(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), None, "relu", [], "")
+            i += 2
+        else:
+            x = layer(x)
+            i += 1
+    return x
 
 
 class _Lambda(nn.Module):
@@ -137,8 +171,7 @@ class Network(Module):
         n = x.shape[0]
         if torch.is_grad_enabled():  # training; rendering (no gradients) measured no faster padded
             x = pad_rows(x)
-        for layer in body:
-            x = layer(x)
+        x = run_layers(body, x)
         return output_activation(x[:n].float())
 
 
