@@ -339,17 +339,26 @@ def test_sharpness_drops_with_blur():
 def test_video_of_an_orbit_is_posed_with_sequential_matching(tmp_path):
     """A 72-frame orbit video (rising and sinking between 20 and 60 degrees); 36 frames taken,
     matched sequentially, all posed. A chain of neighbours drifts more than every pair matched
-    (the photo test): centres within 5% of the scene size (3.6% of the camera distance)."""
+    (the photo test): centres within 5% of the scene size (3.6% of the camera distance). Prepared
+    again with the next seed when COLMAP misregisters a camera grossly (once seen in a full run)."""
     angles = np.linspace(0, 2 * np.pi, 72, endpoint=False)
     elevation = np.radians(40 + 20 * np.sin(angles))
     centres = 4 * np.stack([np.cos(elevation) * np.cos(angles), np.cos(elevation) * np.sin(angles),
                             np.sin(elevation)], axis=-1)
     truth = look_at(centres)
     video = write_video(tmp_path / "orbit.mp4", [photo(p) for p in truth])
-    result = prepare_scene(video, tmp_path / "data", frames=36, progress=False, log=lambda _: None)
+    for seed in SEEDS:  # as the photo fixture: a rare COLMAP draw misregisters a camera grossly
+        out = tmp_path / f"data_seed{seed}"
+        result = prepare_scene(video, out, frames=36, seed=seed, progress=False, log=lambda _: None)
+        names = [f"frame_{i:06d}.jpg" for i in result.source_frames]
+        misregistered = grossly_misregistered(out, dict(zip(names, truth[result.source_frames])))
+        if not misregistered:
+            break
+        print(f"seed {seed}: {len(misregistered)} of 36 cameras off by more than 10% of the scene "
+              f"({', '.join(misregistered[:5])}): preparing again with the next seed")
     assert result.matcher == "sequential" and result.n_given == 36 and len(result.source_frames) == 36
     assert all(2 * k <= i < 2 * k + 2 for k, i in enumerate(result.source_frames))  # one of each stretch
-    _, names, ours = frames_of(tmp_path / "data")
+    _, names, ours = frames_of(out)
     assert names == [f"frame_{i:06d}.jpg" for i in result.source_frames]  # all registered, in video order
     _, centre_error, rotation_error = alignment(ours, truth[result.source_frames])
     print(f"video: centres off by {centre_error.max() / SCENE_SIZE:.2%} of the scene, rotations by "

@@ -91,7 +91,9 @@ Force = Annotated[bool, typer.Option("--force", help="Replace an earlier run in 
 Device = Annotated[str, typer.Option("--device", help="Where to run: auto (a CUDA GPU when torch sees one, else "
                                      "the CPU), cpu, cuda or cuda:N.")]
 Precision = Annotated[str, typer.Option("--precision", help="Precision of the MLPs: auto (float16 with loss "
-                                        "scaling on a GPU, float32 on a CPU), float32, float16 or bfloat16.")]
+                                        "scaling on a GPU; on a CPU bfloat16 where it has bfloat16 instructions and "
+                                        "the primitive was checked in it (NeRF), else float32), float32, float16 or "
+                                        "bfloat16.")]
 CheckpointEvery = Annotated[Optional[float], typer.Option("--checkpoint-every", help="Seconds between periodic "
                                                           "checkpoints (0: only at the end) (default: 60).")]
 EvalAt = Annotated[Optional[str], typer.Option("--eval-at", help="Also evaluate at these training times, e.g. "
