@@ -282,17 +282,19 @@ def test_non_contiguous_inputs_and_no_grad_paths():
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("n_features", [2, 3])
-def test_forward_across_staging_blocks(d, interpolation, n_features):
-    """The 2-D and 3-D forwards compute corners and weights in blocks of STAGE_BLOCK points (per
-    thread) and prefetch PREFETCH_AHEAD points ahead: full blocks, a partial last block and points
-    within the last PREFETCH_AHEAD of a block all match the reference, on dense and hashed levels."""
+def test_forward_and_table_gradient_across_staging_blocks(d, interpolation, n_features):
+    """The 2-D and 3-D forwards and table gradients compute corners and weights in blocks of
+    STAGE_BLOCK points (per thread) and the forwards prefetch PREFETCH_AHEAD points ahead: full blocks,
+    a partial last block and points within the last PREFETCH_AHEAD of a block all match the reference,
+    on dense and hashed levels."""
     per_thread = 2 * cpu.STAGE_BLOCK + cpu.PREFETCH_AHEAD // 2 + 3
     layout = GridLayout.create(d, 6, n_features, 10 if d == 3 else 8, 4, 1.8)
     assert any(layout.hashed) and not all(layout.hashed)
     x = sample_points(2 * per_thread + 1, d, torch.float64, seed=5)
     table = torch.randn(layout.n_rows, n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    out = hash_grid_encode(x, table, layout, interpolation)
-    assert_close(out, ref.hash_grid_encode(x, table, layout, interpolation), rtol=1e-12, atol_scale=1e-12)
+    (out, gt, _), (out_r, gt_r, _) = run_both(x, table, layout, interpolation)
+    assert_close(out, out_r, rtol=1e-12, atol_scale=1e-12)
+    assert_close(gt, gt_r, rtol=1e-12, atol_scale=1e-12)
 
 
 @pytest.mark.parametrize("d", [1, 3])

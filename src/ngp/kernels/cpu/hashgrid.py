@@ -41,9 +41,11 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   old and new alternating in one process, medians of 7-9): a fox frame's samples 7.3-7.7 -> 8.9-9.6 M
   points/s, lego's 7.3 -> 10.1 M points/s, lego's in training-sized calls of 30k points 6.9 -> 9.8 M
   points/s; the same numbers bit for bit. A feature loop with a run-time trip count (``range(F)``)
-  undid most of it: ``F == 2`` keeps its own unrolled loop. The table gradient measured *slower* in
-  blocks (94-108 -> 149 ms without prefetching, 174-244 ms with it, 10 calls of 68k points): it keeps
-  its point-by-point loop.
+  undid most of it: ``F == 2`` keeps its own unrolled loop. The table gradient stages its rows and
+  weights with the same loops, then scatter-adds point by point (bit-identical; 10 calls of 65k lego
+  training points 110-114 -> 83-84 ms, alternating in one process). With the earlier point-by-point
+  staging it had measured *slower* in blocks (94-108 -> 149 ms, 174-244 ms with write prefetches):
+  its time was the staging, not the read-modify-write.
 * **Table gradients** (a scatter-add): each thread owns whole levels, dealt by estimated cost
   (:func:`level_schedule`), so no two threads write one row: no atomics, no private copies of the
   table (measured 2x faster than splitting points between threads with private per-level buffers).
@@ -521,49 +523,58 @@ def _forward_3d(x, table, meta, scales, interp, feats, out, n_chunks):
 
 @njit(parallel=True, **_JIT)
 def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table):
+    xt = np.ascontiguousarray(x.T)  # [2, N]: the staging loops read each axis contiguously
     for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
+        rows, weights = np.empty((4, STAGE_BLOCK), np.int64), np.empty((4, STAGE_BLOCK), x.dtype)
         for level in schedule[worker]:
             if level < 0:
                 continue
             lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
             _zero_level(grad_table, lv)
-            for n in range(x.shape[0]):
-                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
-                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
-                r, w = _rows2(c0, c1, lv), _weights2(w0, w1)
+            for first in range(0, x.shape[0], STAGE_BLOCK):  # the forward's vectorised staging
+                count = min(STAGE_BLOCK, x.shape[0] - first)
+                _block_rows2(xt, first, count, scale, res, lv, rows)
+                _block_weights2(xt, first, count, scale, interp, weights)
                 if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
-                    g0, g1 = g[n, 0], g[n, 1]
-                    for k in range(4):
-                        grad_table[r[k], 0] += w[k] * g0
-                        grad_table[r[k], 1] += w[k] * g1
-                else:
-                    for f in range(g.shape[1]):
+                    for i in range(count):
+                        g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(4):
-                            grad_table[r[k], f] += w[k] * g[n, f]
+                            r, w = rows[k, i], weights[k, i]  # once: the stores below could alias them
+                            grad_table[r, 0] += w * g0
+                            grad_table[r, 1] += w * g1
+                else:
+                    for i in range(count):
+                        for f in range(g.shape[1]):
+                            for k in range(4):
+                                grad_table[rows[k, i], f] += weights[k, i] * g[first + i, f]
 
 
 @njit(parallel=True, **_JIT)
 def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table):
-    for worker in prange(schedule.shape[0]):
+    xt = np.ascontiguousarray(x.T)  # [3, N]: the staging loops read each axis contiguously
+    for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
+        rows, weights = np.empty((8, STAGE_BLOCK), np.int64), np.empty((8, STAGE_BLOCK), x.dtype)
         for level in schedule[worker]:
             if level < 0:
                 continue
             lv, scale, res, g = meta[level].copy(), scales[level], meta[level, RES], grads[level]
             _zero_level(grad_table, lv)
-            for n in range(x.shape[0]):
-                c0, w0, _ = _axis(x[n, 0], scale, res, interp)
-                c1, w1, _ = _axis(x[n, 1], scale, res, interp)
-                c2, w2, _ = _axis(x[n, 2], scale, res, interp)
-                r, w = _rows3(c0, c1, c2, lv), _weights3(w0, w1, w2)
+            for first in range(0, x.shape[0], STAGE_BLOCK):  # the forward's vectorised staging
+                count = min(STAGE_BLOCK, x.shape[0] - first)
+                _block_rows3(xt, first, count, scale, res, lv, rows)
+                _block_weights3(xt, first, count, scale, interp, weights)
                 if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
-                    g0, g1 = g[n, 0], g[n, 1]
-                    for k in range(8):
-                        grad_table[r[k], 0] += w[k] * g0
-                        grad_table[r[k], 1] += w[k] * g1
-                else:
-                    for f in range(g.shape[1]):
+                    for i in range(count):
+                        g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(8):
-                            grad_table[r[k], f] += w[k] * g[n, f]
+                            r, w = rows[k, i], weights[k, i]  # once: the stores below could alias them
+                            grad_table[r, 0] += w * g0
+                            grad_table[r, 1] += w * g1
+                else:
+                    for i in range(count):
+                        for f in range(g.shape[1]):
+                            for k in range(8):
+                                grad_table[rows[k, i], f] += weights[k, i] * g[first + i, f]
 
 
 @njit(parallel=True, **_JIT)
