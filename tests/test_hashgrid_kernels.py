@@ -13,7 +13,7 @@ import torch
 from ngp.kernels.cpu import hashgrid as cpu
 from ngp.kernels.reference import hashgrid as ref
 from ngp.kernels.reference.hashgrid import PRIMES, GridLayout, spatial_hash
-from ngp.ops.hashgrid import hash_grid_encode
+from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_as
 
 INTERPOLATIONS = ("Linear", "Smoothstep", "Nearest")
 
@@ -318,3 +318,62 @@ def test_level_schedule_assigns_every_level_once():
         levels = schedule[schedule >= 0]
         assert schedule.shape[0] == workers
         assert np.array_equal(np.sort(levels), np.arange(16))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Features rounded to bfloat16 as they are written (rendering)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_bits_round_as_torch():
+    """The kernels' float32 -> bfloat16 rounding is torch's: ties to even (both directions), carries into
+    the exponent, denormals kept, infinities and the largest finite values; NaN stays NaN."""
+    ties = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0x3F80C000, 0x3F807FFF, 0x3FFF8000, 0x7F7F8000,
+                     0x7F7FFFFF, 0x00008000, 0x00018000, 0x807FFFFF], dtype=np.uint32).view(np.float32)
+    values = np.concatenate([ties, np.float32([0.0, -0.0, np.inf, -np.inf, 1e-45, 1.17e-38, 3.4e38]),
+                             np.random.default_rng(0).standard_normal(20000).astype(np.float32) *
+                             np.float32(10.0) ** np.random.default_rng(1).integers(-40, 38, 20000).astype(np.float32)])
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    actual = np.array([cpu.bfloat16_bits(v) for v in values], dtype=np.uint16)
+    np.testing.assert_array_equal(actual, expected)
+    nan = cpu.bfloat16_bits(np.float32(np.nan))
+    assert torch.tensor([nan], dtype=torch.int16).view(torch.bfloat16).isnan().all()
+
+
+@pytest.mark.parametrize("d, kind", [(2, "mixed"), (3, "mixed"), (3, "hashed"), (4, "mixed"), (1, "dense")])
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("n_features", [2, 3])
+def test_forward_rounded_to_bfloat16_in_the_kernel(d, kind, interpolation, n_features):
+    """forward(..., out_dtype=bfloat16) (the 2-D, 3-D and n-D kernels) holds exactly the float32 features
+    rounded by torch, across staging blocks; hash_grid_encode_as is that, detached, on every backend."""
+    layout = make_layout(d, kind, n_features)
+    x = sample_points(2 * cpu.STAGE_BLOCK + 77, d, torch.float32, seed=3)
+    table = torch.randn(layout.n_rows, n_features, generator=torch.Generator().manual_seed(4)) * 1e-2
+    interp = ref.INTERPOLATIONS[interpolation]
+    features = cpu.forward(x, table, layout, interp)
+    rounded = cpu.forward(x, table, layout, interp, out_dtype=torch.bfloat16)
+    assert rounded.dtype == torch.bfloat16
+    assert torch.equal(rounded, features.to(torch.bfloat16))
+    assert not torch.equal(rounded.float(), features)  # the rounding happened
+    table.requires_grad_()
+    encoded = hash_grid_encode_as(x, table, layout, torch.bfloat16, interpolation)
+    assert torch.equal(encoded, rounded) and not encoded.requires_grad
+    assert torch.equal(hash_grid_encode_as(x, table, layout, torch.float16, interpolation),
+                       features.to(torch.float16))  # other dtypes: the float32 result converted
+
+
+def test_forward_rounded_on_the_reference_backend(monkeypatch):
+    monkeypatch.setenv("NGP_BACKEND", "reference")
+    layout = make_layout(3, "mixed")
+    x = sample_points(300, 3, torch.float32)
+    table = torch.randn(layout.n_rows, 2, requires_grad=True)
+    encoded = hash_grid_encode_as(x, table, layout, torch.bfloat16)
+    assert torch.equal(encoded, ref.hash_grid_encode(x, table, layout).detach().to(torch.bfloat16))
+    assert not encoded.requires_grad
+
+
+def test_forward_rejects_an_output_dtype_it_cannot_write():
+    layout = make_layout(3, "mixed")
+    with pytest.raises(TypeError, match="float16"):
+        cpu.forward(sample_points(10, 3, torch.float32), torch.zeros(layout.n_rows, 2), layout, 1,
+                    out_dtype=torch.float16)

@@ -206,3 +206,20 @@ def test_training_reduces_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
     assert math.isfinite(losses[-1])
+
+
+@pytest.mark.parametrize("output_activation", ["None", "Sigmoid"])
+def test_out_dtype_is_the_usual_output_rounded(output_activation):
+    """Network(x, out_dtype=...) (rendering hands low-precision outputs on) holds exactly the float32
+    output rounded: under bfloat16 autocast (the last product's own result when the output activation
+    is the identity) and in float32."""
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2,
+                               "output_activation": output_activation}, seed=5)
+    x = torch.rand(700, 32, generator=torch.Generator().manual_seed(1)) - 0.5
+    with torch.no_grad():
+        for autocast in (True, False):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                usual, rounded = net(x), net(x, out_dtype=torch.bfloat16)
+            assert usual.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+            assert torch.equal(rounded, usual.to(torch.bfloat16))
+            assert autocast or not torch.equal(rounded.float(), usual)  # float32: rounded indeed

@@ -160,11 +160,15 @@ class Network(Module):
             layers.append(ACTIVATIONS[output_activation if last else activation]())
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x [N, n_input_dims]`` -> ``[N, n_output_dims]``: float32 under autocast (else x's dtype),
+        or ``out_dtype``: the same numbers rounded to it (under autocast with an identity output
+        activation, the last product's low-precision result as it is, with no float32 copy)."""
         if x.dim() != 2 or x.shape[1] != self.n_input_dims:
             raise ValueError(f"Network expects input of shape [N, {self.n_input_dims}], got {list(x.shape)}")
         if not torch.is_autocast_enabled(x.device.type):
-            return self.layers(x)
+            y = self.layers(x)
+            return y if out_dtype is None else y.to(out_dtype)
         # Under autocast (mixed precision) the matrix products run in float16; the output activation
         # and whatever follows (exp of a log-density, losses) must not: exp overflows float16 at 11.
         *body, output_activation = self.layers
@@ -172,7 +176,10 @@ class Network(Module):
         if torch.is_grad_enabled():  # training; rendering (no gradients) measured no faster padded
             x = pad_rows(x)
         x = run_layers(body, x)
-        return output_activation(x[:n].float())
+        if out_dtype is not None and x.dtype == out_dtype and isinstance(output_activation, nn.Identity):
+            return x[:n]
+        y = output_activation(x[:n].float())
+        return y if out_dtype is None else y.to(out_dtype)
 
 
 class NetworkWithInputEncoding(Module):

@@ -195,3 +195,35 @@ def test_density_from_features_under_bfloat16_autocast_matches_the_full_network(
             log_density = field.density_network(features)[:, 0]
     assert sigma.shape == (1000,) and sigma.dtype == torch.float32
     torch.testing.assert_close(sigma, trunc_exp(log_density), rtol=2e-2, atol=1e-3)
+
+
+def test_geometry_in_the_rendering_dtype_is_the_float32_geometry_rounded():
+    """geometry(dtype=bfloat16) (rendering: the hash grid writes bfloat16 features, the density
+    network hands its bfloat16 product on) holds exactly what the float32 path gives, rounded; it is
+    refused with gradients (training needs the float32 path)."""
+    torch.manual_seed(0)
+    field = NerfField(UNIT_AABB, config=SMALL)
+    positions = torch.rand(3000, 3)
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            usual = field.geometry(positions)
+            rounded = field.geometry(positions, dtype=torch.bfloat16)
+    assert rounded.dtype == torch.bfloat16 and torch.equal(rounded, usual.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="without gradients"):
+        field.geometry(positions, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("config", [{"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 10},
+                                    {"otype": "HashGrid", "n_levels": 4, "log2_hashmap_size": 10, "reduction": "Sum"},
+                                    {"otype": "Frequency", "n_frequencies": 3}])
+def test_encoding_forward_as_is_the_output_rounded(config):
+    """Encoding.forward_as(x, dtype): the hash grid's kernels round as they write, a reduced grid and
+    other encodings convert their output; the numbers are the same, without gradients."""
+    from ngp.encodings import Encoding
+
+    encoding = Encoding(3, config, seed=2)
+    x = torch.rand(2500, 3, generator=torch.Generator().manual_seed(3))
+    rounded = encoding.forward_as(x, torch.bfloat16)
+    assert rounded.dtype == torch.bfloat16 and not rounded.requires_grad
+    assert torch.equal(rounded, encoding(x).detach().to(torch.bfloat16))

@@ -213,6 +213,22 @@ def test_bfloat16_rendering_matches_float32(trained, scene):
         inference_dtype("half", torch.device("cpu"))
 
 
+def test_low_precision_features_change_no_pixel(trained, scene, monkeypatch):
+    """Rendering in bfloat16 takes the encoding's features and the density network's outputs in
+    bfloat16 (rounded in the kernel, no float32 copies): the picture is the one the float32 features
+    give, bit for bit (the matrix products round them to bfloat16 either way)."""
+    task, _, _, _, _ = trained
+    test = load_dataset(scene, "test")
+    settings = dataclasses.replace(task.renderer.settings, inference_precision="bfloat16")
+    renderer = Renderer(task.model, task.grid, settings)
+    rounded = renderer.render_image(test.cameras, 1, torch.ones(3))
+    geometry = type(task.model).geometry
+    monkeypatch.setattr(type(task.model), "geometry", lambda self, p, features=None, dtype=None: geometry(self, p))
+    usual = renderer.render_image(test.cameras, 1, torch.ones(3))
+    assert rounded["n_samples"] == usual["n_samples"] > 0
+    assert torch.equal(rounded["color"], usual["color"]) and torch.equal(rounded["depth"], usual["depth"])
+
+
 def test_skipping_the_colour_of_invisible_samples_changes_nothing_visible(trained, scene, monkeypatch):
     """The colour network runs only for samples that weigh at least ``color_weight_threshold`` in
     their pixel: far fewer than all, and the picture stays what evaluating every sample gives."""

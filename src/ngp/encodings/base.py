@@ -138,6 +138,13 @@ class Encoding(Module):
         """
         return self(x)
 
+    def forward_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``self(x).to(dtype)`` without gradients (rendering under autocast, whose next matrix product
+        rounds the features to ``dtype`` anyway). The hash grids round as they write; every other
+        encoding converts its output."""
+        with torch.no_grad():
+            return self(x).to(dtype)
+
     def output(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` in the module's ``dtype`` when that is float16 (tiny-cuda-nn's half-precision
         output); otherwise unchanged (the input's floating dtype)."""

@@ -37,7 +37,7 @@ from torch import nn
 from ngp.config import ConfigError, require_choice, require_float, require_int, with_defaults
 from ngp.encodings.base import NESTED_KEYS, Encoding, register_encoding, seeded_generator
 from ngp.kernels.reference.hashgrid import CONFIG_HASHES, INTERPOLATIONS, MAX_DIMS, GridLayout, check_hash_primes
-from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_given
+from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_as, hash_grid_encode_given
 
 GRID_DEFAULTS = {
     "n_levels": 16,
@@ -293,11 +293,23 @@ class Grid(Encoding):
             features = (per_level * weights + neutral * (1 - weights)).reshape(features.shape)
         return reduce_levels(features, self.layout.n_features, self.reduction)
 
+    def _plain(self) -> bool:
+        """The output is the op's features as they are (so they can be reused or rounded in the kernel)."""
+        return self.reduction == "Concatenation" and self.level_weights is None and not self.rotate_levels and not (
+            self.training and self.filter_radius > 0)
+
+    def forward_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """See :meth:`Encoding.forward_as`: the kernels round the features as they write them
+        (:func:`ngp.ops.hashgrid.hash_grid_encode_as`)."""
+        if not self._plain() or self.dtype == torch.float16:
+            return super().forward_as(x, dtype)
+        self.check_input(x)
+        return hash_grid_encode_as(x.to(self.table.dtype), self.table, self.layout, dtype, self.interpolation,
+                                   self.storage_dtype)
+
     def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """See :meth:`Encoding.forward_given`: the grid runs only its backward kernel on these features."""
-        plain = self.reduction == "Concatenation" and self.level_weights is None and not self.rotate_levels and not (
-            self.training and self.filter_radius > 0)
-        if not plain or features.dtype != self.table.dtype or self.dtype == torch.float16:
+        if not self._plain() or features.dtype != self.table.dtype or self.dtype == torch.float16:
             return self(x)
         self.check_input(x)
         return hash_grid_encode_given(x.to(self.table.dtype), self.table, self.layout, features, self.interpolation,

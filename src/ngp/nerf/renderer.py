@@ -378,7 +378,7 @@ class Renderer:
         ``trans [R]`` at the segment's start; colour only where the weight reaches the threshold."""
         field = self.field
         with torch.autocast(directions.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            h = field.geometry(samples.positions)
+            h = field.geometry(samples.positions, dtype=dtype)  # colour() takes h in its dtype
             sigmas = trunc_exp(h[:, 0].float())
             threshold = self.settings.color_weight_threshold
             if threshold <= 0:

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ngp.kernels.cpu.intrinsics import prefetch_read
+from ngp.kernels.cpu.intrinsics import float32_bits, prefetch_read
 from ngp.kernels.reference.hashgrid import (
     BASE_CONVERT_FACTOR,
     HASH_FUNCTIONS,
@@ -106,6 +106,8 @@ _DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
 #: loops, then read with prefetches ``PREFETCH_AHEAD`` points ahead (see the module docstring).
 STAGE_BLOCK = 1024
 PREFETCH_AHEAD = 64
+#: What :func:`forward` can round its features to as it writes them (besides x's dtype).
+ROUNDED_OUTPUTS = (torch.bfloat16,)
 
 # error_model="numpy": no ZeroDivisionError checks (and their branches) inside the loops.
 _JIT = dict(fastmath=True, cache=True, error_model="numpy")
@@ -795,9 +797,26 @@ def _to_level_major(a, out):
 
 
 @njit(**_JIT)
+def bfloat16_bits(value):
+    """The bfloat16 nearest ``value`` (rounded to float32 first), as its ``uint16`` bits: ties to even,
+    NaN to a quiet NaN -- the rounding of ``torch.Tensor.to(torch.bfloat16)``."""
+    u = np.int64(float32_bits(np.float32(value)))
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16(0x7FC0)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+@njit(**_JIT)
 def _rows_from_level_major(b, out, start, stop):
-    """Rows ``start:stop`` of ``b [L, N, F]`` into ``out [N, L*F]``."""
+    """Rows ``start:stop`` of ``b [L, N, F]`` into ``out [N, L*F]``; a ``uint16`` ``out`` receives
+    bfloat16 bits (:func:`bfloat16_bits`)."""
     n_levels, n_features = b.shape[0], b.shape[2]
+    if out.itemsize == 2:  # the branch is decided per call; both bodies compile for either dtype
+        for n in range(start, stop):
+            for level in range(n_levels):
+                for f in range(n_features):
+                    out[n, level * n_features + f] = bfloat16_bits(b[level, n, f])
+        return
     for n in range(start, stop):
         for level in range(n_levels):
             for f in range(n_features):
@@ -836,12 +855,15 @@ def _fast_dims(x, meta, hashing):
 
 
 def encode(x, table, meta, scales, interp, out, hashing=None):
-    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]``.
+    """Encode ``x [N, d]`` with ``table [rows, F]`` into ``out [N, L*F]``: in ``x``'s dtype, or as
+    bfloat16 bits when ``out`` is ``uint16`` (rounded as the features are written).
 
     ``hashing``: :func:`hash_constants` of the layout's hash function (default: ``CoherentPrime``).
     """
     hashing = _DEFAULT_HASHING if hashing is None else hashing
-    feats = np.empty((meta.shape[0], x.shape[0], table.shape[1]), dtype=out.dtype)
+    if out.dtype not in (x.dtype, np.uint16):
+        raise TypeError(f"encode writes {x.dtype} or bfloat16 bits (uint16), not {out.dtype}")
+    feats = np.empty((meta.shape[0], x.shape[0], table.shape[1]), dtype=x.dtype)
     d = _fast_dims(x, meta, hashing)
     with _threads_for(x.shape[0]):
         n_chunks = nb.get_num_threads()
@@ -944,13 +966,20 @@ def _widened(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return table
 
 
-def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int) -> torch.Tensor:
-    """``x [N, d]``, ``table [rows, F]`` (CPU; x's dtype or narrower) -> ``[N, L*F]`` features in x.dtype."""
+def forward(x: torch.Tensor, table: torch.Tensor, layout: GridLayout, interpolation: int,
+            out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x [N, d]``, ``table [rows, F]`` (CPU; x's dtype or narrower) -> ``[N, L*F]`` features in x.dtype,
+    or ``out_dtype=torch.bfloat16``: the same features rounded to bfloat16 as they are written (the
+    values of ``.to(torch.bfloat16)``, without the float32 array and the pass over it)."""
     xs, ts = _numpy(x), _numpy(_widened(table, x))
     meta, scales = constants(layout, xs.dtype)
-    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=x.dtype)
+    out_dtype = out_dtype or x.dtype
+    if out_dtype not in (x.dtype, torch.bfloat16):
+        raise TypeError(f"the Numba hash-grid forward writes {x.dtype} or torch.bfloat16, not {out_dtype}")
+    out = torch.empty(x.shape[0], layout.n_levels * table.shape[1], dtype=out_dtype)
     hashing = hash_constants(layout.hash_function, layout.n_dims, layout.hash_primes)
-    encode(xs, ts, meta, scales, interpolation, out.numpy(), hashing)
+    out_np = out.view(torch.int16).numpy().view(np.uint16) if out_dtype == torch.bfloat16 else out.numpy()
+    encode(xs, ts, meta, scales, interpolation, out_np, hashing)
     return out
 
 

@@ -5,6 +5,10 @@ C-contiguous array) ahead of use: ``llvm.prefetch``, which becomes ``prefetcht0`
 on AArch64 (nothing where the target has no prefetch instruction).
 A prefetch never faults and changes no value, so a kernel that uses them computes the same numbers.
 
+``float32_bits(value)`` is the ``uint32`` bit pattern of a float32 (a bit cast, as NumPy's
+``.view(np.uint32)`` on arrays): the kernels that write bfloat16 round with it
+(:func:`ngp.kernels.cpu.hashgrid.bfloat16_bits`).
+
 Why: the hash encoding's table reads are random, one cache miss each; a kernel that first computes the
 rows of a block of points and prefetches them, then reads them, keeps many misses in flight at once
 where a point-by-point loop waits for each point's corners in turn (measured in
@@ -27,7 +31,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_read"]
+__all__ = ["prefetch_read", "float32_bits"]
 
 
 @intrinsic
@@ -51,3 +55,14 @@ def prefetch_read(typingctx, array, row):
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(value), codegen
