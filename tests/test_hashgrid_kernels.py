@@ -297,6 +297,22 @@ def test_forward_and_table_gradient_across_staging_blocks(d, interpolation, n_fe
     assert_close(gt, gt_r, rtol=1e-12, atol_scale=1e-12)
 
 
+@pytest.mark.parametrize("d", [2, 3, 4])
+@pytest.mark.parametrize("n_features", [2, 3])
+def test_forward_across_groups_of_points(d, n_features):
+    """The forwards write each group of GROUP_POINTS points level by level: a thread's share of several
+    groups with a partial last one (two threads, when Numba has them) matches the reference, and the
+    bfloat16 output is its rounding."""
+    layout = GridLayout.create(d, 5, n_features, 10 if d == 3 else 8, 4, 1.8)
+    x = sample_points(2 * (cpu.GROUP_POINTS + 1500) + 1, d, torch.float64, seed=7)
+    table = torch.randn(layout.n_rows, n_features, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    out = cpu.forward(x, table, layout, ref.INTERPOLATIONS["Linear"])
+    assert_close(out, ref.hash_grid_encode(x, table, layout, "Linear"), rtol=1e-12, atol_scale=1e-12)
+    x32, table32 = x.float(), table.float()
+    rounded = cpu.forward(x32, table32, layout, ref.INTERPOLATIONS["Linear"], out_dtype=torch.bfloat16)
+    assert torch.equal(rounded, cpu.forward(x32, table32, layout, ref.INTERPOLATIONS["Linear"]).to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("d", [1, 3])
 def test_nan_and_inf_coordinates_stay_in_bounds(d):
     """NaN checks belong to the module layer; the kernels must still never index out of bounds, and

@@ -5,7 +5,8 @@ The definition lives in :mod:`ngp.kernels.reference.hashgrid`; these kernels com
 
 * the kernel-family interface of :mod:`ngp.ops.hashgrid` (torch tensors in and out):
 
-  - ``forward(x, table, layout, interpolation) -> [N, L*F]`` in ``x.dtype``;
+  - ``forward(x, table, layout, interpolation, out_dtype=None) -> [N, L*F]`` in ``x.dtype`` (or
+    rounded to bfloat16 as it is written: ``out_dtype=torch.bfloat16``, for rendering);
   - ``backward(grad_out, x, table, layout, interpolation, needs_table_grad, needs_x_grad)
     -> (grad_table in x.dtype or None, grad_x or None)``;
 
@@ -27,9 +28,14 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   region per level instead measured 1.4x slower: every region ends in a barrier, and on a busy
   machine a barrier waits for a descheduled thread. Batches under ``PARALLEL_MIN_POINTS`` run on the
   calling thread alone.
-* **Level-major buffers.** Kernels write (forward) and read (backward) per-level features as
-  ``[L, N, F]``: contiguous per level, where ``[N, L*F]`` would touch a whole cache line per point and
-  level (measured +15% forward, +30% input gradients, including the conversions).
+* **Output in groups of points.** The forward writes ``[N, L*F]`` directly, one level's columns at a
+  time, over groups of ``GROUP_POINTS`` (8192) points whose output rows (1 MB) stay in the core's
+  cache while all levels write them. Writing the whole share level-major (``[L, N, F]``) and then
+  transposing it cost a pass over 2 x 33 MB per 2^18 points: the groups measured 1.17-1.23x on a fox
+  frame's samples, 1.22x on lego's, 1.03x on uniform random points (old/new alternating in one process,
+  same numbers bit for bit; groups of 2048-16384 alike). The backward kernels read ``grad_out`` level-major
+  (``[L, N, F]``, converted once): contiguous per level, where ``[N, L*F]`` over a thread's whole share
+  touches a whole cache line per point and level (measured +30% on input gradients).
 * **Forward in blocks, vectorised, rows prefetched.** For ``STAGE_BLOCK`` (1024) points at a time the
   forward first computes every corner's row and weight into a small scratch (``[corners, block]``), in
   loops over the points with no per-point branches that LLVM vectorises (coordinates transposed to
@@ -106,6 +112,10 @@ _DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
 #: loops, then read with prefetches ``PREFETCH_AHEAD`` points ahead (see the module docstring).
 STAGE_BLOCK = 1024
 PREFETCH_AHEAD = 64
+#: The forward kernels encode a thread's points in groups of this many, level by level within a group:
+#: the group's output rows (8192 x 32 float32: 1 MB) stay in the core's cache while every level writes
+#: its columns.
+GROUP_POINTS = 8192
 #: What :func:`forward` can round its features to as it writes them (besides x's dtype).
 ROUNDED_OUTPUTS = (torch.bfloat16,)
 
@@ -292,7 +302,7 @@ def _zero_level(grad_table, lv):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2-D and 3-D kernels. ``feats``/``grads`` are level-major [L, N, F]. The kernels repeat a few lines
+# 2-D and 3-D kernels. ``out`` is [N, L*F] (written in groups of points), ``grads`` level-major [L, N, F]. The kernels repeat a few lines
 # rather than share helpers returning nested tuples (measured slower, see the module docstring).
 # ``lv`` is a private copy of the level's constants: the kernels' stores cannot alias it, so LLVM
 # keeps them in registers (measured +10% on the table gradient). F == 2 gets its own unrolled
@@ -300,37 +310,47 @@ def _zero_level(grad_table, lv):
 # ----------------------------------------------------------------------------------------------------
 
 
+@njit(**_JIT)
+def _store(out, n, column, value):
+    """``out[n, column] = value``, as bfloat16 bits when ``out`` is ``uint16`` (:func:`bfloat16_bits`)."""
+    if out.itemsize == 2:
+        out[n, column] = bfloat16_bits(value)
+    else:
+        out[n, column] = value
+
+
 @njit(parallel=True, **_JIT)
-def _forward_2d(x, table, meta, scales, interp, feats, out, n_chunks):
+def _forward_2d(x, table, meta, scales, interp, out, n_chunks):
     n_features = table.shape[1]
     xt = np.ascontiguousarray(x.T)  # [2, N]: the staging loops read each axis contiguously
-    for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
+    for chunk in prange(n_chunks):  # one parallel region; each thread encodes its own points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
         rows, weights = np.empty((4, STAGE_BLOCK), np.int64), np.empty((4, STAGE_BLOCK), x.dtype)
-        for level in range(meta.shape[0]):  # level-major: this level's table stays in cache
-            lv, scale, res, feat = meta[level].copy(), scales[level], meta[level, RES], feats[level]
-            for first in range(start, stop, STAGE_BLOCK):
-                count = min(STAGE_BLOCK, stop - first)
-                _block_rows2(xt, first, count, scale, res, lv, rows)  # vectorised
-                _block_weights2(xt, first, count, scale, interp, weights)  # vectorised
-                _prefetch_first(table, rows, count, 4)
-                if n_features == 2:  # the common case: a constant trip count, unrolled
-                    for i in range(count):
-                        _prefetch_ahead(table, rows, i, count, 4)
-                        r0, r1, r2, r3 = rows[0, i], rows[1, i], rows[2, i], rows[3, i]
-                        e0, e1, e2, e3 = weights[0, i], weights[1, i], weights[2, i], weights[3, i]
-                        for f in range(2):  # the corners summed in _rows2's order
-                            acc = e0 * table[r0, f]
-                            acc += e1 * table[r1, f]
-                            acc += e2 * table[r2, f]
-                            acc += e3 * table[r3, f]
-                            feat[first + i, f] = acc
-                else:
-                    for i in range(count):
-                        _prefetch_ahead(table, rows, i, count, 4)
-                        for f in range(n_features):
-                            feat[first + i, f] = _sum_corners(table, rows, weights, i, f, 4)
-        _rows_from_level_major(feats, out, start, stop)  # this thread's points: no barrier needed
+        for group in range(start, stop, GROUP_POINTS):  # their output rows stay in cache over the levels
+            group_stop = min(group + GROUP_POINTS, stop)
+            for level in range(meta.shape[0]):  # level by level: this level's table stays in cache
+                lv, scale, res, column = meta[level].copy(), scales[level], meta[level, RES], level * n_features
+                for first in range(group, group_stop, STAGE_BLOCK):
+                    count = min(STAGE_BLOCK, group_stop - first)
+                    _block_rows2(xt, first, count, scale, res, lv, rows)  # vectorised
+                    _block_weights2(xt, first, count, scale, interp, weights)  # vectorised
+                    _prefetch_first(table, rows, count, 4)
+                    if n_features == 2:  # the common case: a constant trip count, unrolled
+                        for i in range(count):
+                            _prefetch_ahead(table, rows, i, count, 4)
+                            r0, r1, r2, r3 = rows[0, i], rows[1, i], rows[2, i], rows[3, i]
+                            e0, e1, e2, e3 = weights[0, i], weights[1, i], weights[2, i], weights[3, i]
+                            for f in range(2):  # the corners summed in _rows2's order
+                                acc = e0 * table[r0, f]
+                                acc += e1 * table[r1, f]
+                                acc += e2 * table[r2, f]
+                                acc += e3 * table[r3, f]
+                                _store(out, first + i, column + f, acc)
+                    else:
+                        for i in range(count):
+                            _prefetch_ahead(table, rows, i, count, 4)
+                            for f in range(n_features):
+                                _store(out, first + i, column + f, _sum_corners(table, rows, weights, i, f, 4))
 
 
 @njit(**_JIT)
@@ -485,42 +505,44 @@ def _sum_corners(table, rows, weights, i, f, corners):
 
 
 @njit(parallel=True, **_JIT)
-def _forward_3d(x, table, meta, scales, interp, feats, out, n_chunks):
+def _forward_3d(x, table, meta, scales, interp, out, n_chunks):
     n_features = table.shape[1]
     xt = np.ascontiguousarray(x.T)  # [3, N]: the staging loops read each axis contiguously
-    for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
+    for chunk in prange(n_chunks):  # one parallel region; each thread encodes its own points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
         rows, weights = np.empty((8, STAGE_BLOCK), np.int64), np.empty((8, STAGE_BLOCK), x.dtype)
-        for level in range(meta.shape[0]):  # level-major: this level's table stays in cache
-            lv, scale, res, feat = meta[level].copy(), scales[level], meta[level, RES], feats[level]
-            for first in range(start, stop, STAGE_BLOCK):
-                count = min(STAGE_BLOCK, stop - first)
-                _block_rows3(xt, first, count, scale, res, lv, rows)  # vectorised
-                _block_weights3(xt, first, count, scale, interp, weights)  # vectorised
-                _prefetch_first(table, rows, count, 8)
-                if n_features == 2:  # the common case: a constant trip count, unrolled (measured 1.2x)
-                    for i in range(count):
-                        _prefetch_ahead(table, rows, i, count, 8)
-                        r0, r1, r2, r3, r4, r5, r6, r7 = (rows[0, i], rows[1, i], rows[2, i], rows[3, i],
-                                                          rows[4, i], rows[5, i], rows[6, i], rows[7, i])
-                        e0, e1, e2, e3, e4, e5, e6, e7 = (weights[0, i], weights[1, i], weights[2, i], weights[3, i],
-                                                          weights[4, i], weights[5, i], weights[6, i], weights[7, i])
-                        for f in range(2):  # the corners summed in _rows3's order
-                            acc = e0 * table[r0, f]
-                            acc += e1 * table[r1, f]
-                            acc += e2 * table[r2, f]
-                            acc += e3 * table[r3, f]
-                            acc += e4 * table[r4, f]
-                            acc += e5 * table[r5, f]
-                            acc += e6 * table[r6, f]
-                            acc += e7 * table[r7, f]
-                            feat[first + i, f] = acc
-                else:
-                    for i in range(count):
-                        _prefetch_ahead(table, rows, i, count, 8)
-                        for f in range(n_features):
-                            feat[first + i, f] = _sum_corners(table, rows, weights, i, f, 8)
-        _rows_from_level_major(feats, out, start, stop)  # this thread's points: no barrier needed
+        for group in range(start, stop, GROUP_POINTS):  # their output rows stay in cache over the levels
+            group_stop = min(group + GROUP_POINTS, stop)
+            for level in range(meta.shape[0]):  # level by level: this level's table stays in cache
+                lv, scale, res, column = meta[level].copy(), scales[level], meta[level, RES], level * n_features
+                for first in range(group, group_stop, STAGE_BLOCK):
+                    count = min(STAGE_BLOCK, group_stop - first)
+                    _block_rows3(xt, first, count, scale, res, lv, rows)  # vectorised
+                    _block_weights3(xt, first, count, scale, interp, weights)  # vectorised
+                    _prefetch_first(table, rows, count, 8)
+                    if n_features == 2:  # the common case: a constant trip count, unrolled (measured 1.2x)
+                        for i in range(count):
+                            _prefetch_ahead(table, rows, i, count, 8)
+                            r0, r1, r2, r3, r4, r5, r6, r7 = (rows[0, i], rows[1, i], rows[2, i], rows[3, i],
+                                                              rows[4, i], rows[5, i], rows[6, i], rows[7, i])
+                            e0, e1, e2, e3, e4, e5, e6, e7 = (weights[0, i], weights[1, i], weights[2, i],
+                                                              weights[3, i], weights[4, i], weights[5, i],
+                                                              weights[6, i], weights[7, i])
+                            for f in range(2):  # the corners summed in _rows3's order
+                                acc = e0 * table[r0, f]
+                                acc += e1 * table[r1, f]
+                                acc += e2 * table[r2, f]
+                                acc += e3 * table[r3, f]
+                                acc += e4 * table[r4, f]
+                                acc += e5 * table[r5, f]
+                                acc += e6 * table[r6, f]
+                                acc += e7 * table[r7, f]
+                                _store(out, first + i, column + f, acc)
+                    else:
+                        for i in range(count):
+                            _prefetch_ahead(table, rows, i, count, 8)
+                            for f in range(n_features):
+                                _store(out, first + i, column + f, _sum_corners(table, rows, weights, i, f, 8))
 
 
 @njit(parallel=True, **_JIT)
@@ -718,21 +740,25 @@ def _factors(corner, w):
 
 
 @njit(parallel=True, **_JIT)
-def _forward_nd(x, table, meta, scales, interp, feats, d, out, n_chunks, hashing):
-    for chunk in prange(n_chunks):  # one parallel region; each thread walks the levels for its points
+def _forward_nd(x, table, meta, scales, interp, d, out, n_chunks, hashing):
+    n_features = table.shape[1]
+    for chunk in prange(n_chunks):  # one parallel region; each thread encodes its own points
         start, stop = chunk * x.shape[0] // n_chunks, (chunk + 1) * x.shape[0] // n_chunks
-        for level in range(meta.shape[0]):
-            lv, scale, feat = meta[level], scales[level], feats[level]
-            for n in range(start, stop):
-                t, u, w, _ = _point_level(x, n, d, scale, lv, interp, hashing)
-                for f in range(table.shape[1]):
-                    feat[n, f] = 0
-                for corner in range(1 << d):
-                    row = _row(corner, t, u, lv, hashing[0])
-                    f0, f1, f2, f3 = _factors(corner, w)
-                    for f in range(table.shape[1]):
-                        feat[n, f] += f0 * f1 * f2 * f3 * table[row, f]
-        _rows_from_level_major(feats, out, start, stop)  # this thread's points: no barrier needed
+        acc = np.empty(n_features, x.dtype)
+        for group in range(start, stop, GROUP_POINTS):  # their output rows stay in cache over the levels
+            group_stop = min(group + GROUP_POINTS, stop)
+            for level in range(meta.shape[0]):
+                lv, scale, column = meta[level], scales[level], level * n_features
+                for n in range(group, group_stop):
+                    t, u, w, _ = _point_level(x, n, d, scale, lv, interp, hashing)
+                    acc[:] = 0
+                    for corner in range(1 << d):
+                        row = _row(corner, t, u, lv, hashing[0])
+                        f0, f1, f2, f3 = _factors(corner, w)
+                        for f in range(n_features):
+                            acc[f] += f0 * f1 * f2 * f3 * table[row, f]
+                    for f in range(n_features):
+                        _store(out, n, column + f, acc[f])
 
 
 @njit(parallel=True, **_JIT)
@@ -783,7 +809,7 @@ def _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, d, n_chunks, h
 
 
 # ----------------------------------------------------------------------------------------------------
-# Layout conversions between [N, L*F] (the op's) and level-major [L, N, F] (the kernels')
+# Layout conversion from [N, L*F] (the op's) to level-major [L, N, F] (the backward kernels')
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -804,23 +830,6 @@ def bfloat16_bits(value):
     if (u & 0x7FFFFFFF) > 0x7F800000:
         return np.uint16(0x7FC0)
     return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
-
-
-@njit(**_JIT)
-def _rows_from_level_major(b, out, start, stop):
-    """Rows ``start:stop`` of ``b [L, N, F]`` into ``out [N, L*F]``; a ``uint16`` ``out`` receives
-    bfloat16 bits (:func:`bfloat16_bits`)."""
-    n_levels, n_features = b.shape[0], b.shape[2]
-    if out.itemsize == 2:  # the branch is decided per call; both bodies compile for either dtype
-        for n in range(start, stop):
-            for level in range(n_levels):
-                for f in range(n_features):
-                    out[n, level * n_features + f] = bfloat16_bits(b[level, n, f])
-        return
-    for n in range(start, stop):
-        for level in range(n_levels):
-            for f in range(n_features):
-                out[n, level * n_features + f] = b[level, n, f]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -863,16 +872,15 @@ def encode(x, table, meta, scales, interp, out, hashing=None):
     hashing = _DEFAULT_HASHING if hashing is None else hashing
     if out.dtype not in (x.dtype, np.uint16):
         raise TypeError(f"encode writes {x.dtype} or bfloat16 bits (uint16), not {out.dtype}")
-    feats = np.empty((meta.shape[0], x.shape[0], table.shape[1]), dtype=x.dtype)
     d = _fast_dims(x, meta, hashing)
     with _threads_for(x.shape[0]):
         n_chunks = nb.get_num_threads()
         if d == 3:
-            _forward_3d(x, table, meta, scales, interp, feats, out, n_chunks)
+            _forward_3d(x, table, meta, scales, interp, out, n_chunks)
         elif d == 2:
-            _forward_2d(x, table, meta, scales, interp, feats, out, n_chunks)
+            _forward_2d(x, table, meta, scales, interp, out, n_chunks)
         else:
-            _forward_nd(x, table, meta, scales, interp, feats, x.shape[1], out, n_chunks, hashing)
+            _forward_nd(x, table, meta, scales, interp, x.shape[1], out, n_chunks, hashing)
 
 
 def _level_major_grads(grad_out, meta, n_features):
