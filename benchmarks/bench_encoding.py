@@ -3,8 +3,9 @@
 Configurations (Müller et al. 2022): L=16 levels, F=2 features, T=2^19, N_min=16, N_max=2048
 (per_level_scale = exp(ln(2048/16)/15)), float32; 3-D (the paper's) and 2-D (images).
 
-For each: M points/s for the forward pass, forward + backward to the table, and forward + backward to
-the table and the inputs, as the median of ``--repeats`` timed runs after one warm-up (the reference,
+For each: M points/s for the forward pass, the forward rounded to bfloat16 (rendering's
+``hash_grid_encode_as``; the reference converts its float32 result), forward + backward to the table,
+and forward + backward to the table and the inputs, as the median of ``--repeats`` timed runs after one warm-up (the reference,
 much slower, gets ``--ref-repeats``). The load average is printed: other processes on the machine make
 timings noisy, so compare numbers from one run.
 
@@ -49,8 +50,9 @@ def timed(fn, repeats: int) -> tuple[float, float, float]:
     return statistics.median(times), min(times), statistics.median(cpu)
 
 
-def measure(encode, layout: GridLayout, batch: int, repeats: int) -> dict[str, tuple[float, float, float]]:
-    """Seconds (median, min, CPU-based) per call of forward, forward+backward(table), forward+backward(table, x)."""
+def measure(encode, encode_as, layout: GridLayout, batch: int, repeats: int) -> dict[str, tuple[float, float, float]]:
+    """Seconds (median, min, CPU-based) per call of forward, forward to bfloat16 (``encode_as``),
+    forward+backward(table), forward+backward(table, x)."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, layout.n_dims, generator=g)
     table = torch.nn.Parameter((torch.rand(layout.n_rows, layout.n_features, generator=g) * 2 - 1) * 1e-4)
@@ -60,6 +62,9 @@ def measure(encode, layout: GridLayout, batch: int, repeats: int) -> dict[str, t
     def forward():
         with torch.no_grad():
             encode(x, table, layout)
+
+    def forward_bfloat16():
+        encode_as(x, table, layout, torch.bfloat16)
 
     def forward_backward_table():
         table.grad = None
@@ -71,6 +76,7 @@ def measure(encode, layout: GridLayout, batch: int, repeats: int) -> dict[str, t
 
     return {
         "forward": timed(forward, repeats),
+        "forward->bfloat16": timed(forward_bfloat16, repeats),
         "fwd+bwd(table)": timed(forward_backward_table, repeats),
         "fwd+bwd(table,x)": timed(forward_backward_both, repeats),
     }
@@ -86,7 +92,11 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ["NGP_BACKEND"] = "numba"
-    from ngp.ops.hashgrid import hash_grid_encode
+    from ngp.ops.hashgrid import hash_grid_encode, hash_grid_encode_as
+
+    def reference_as(x, table, layout, dtype):
+        with torch.no_grad():
+            return reference.hash_grid_encode(x, table, layout).to(dtype)
 
     print(
         f"torch {torch.__version__} (threads {torch.get_num_threads()}), numba {numba.__version__} "
@@ -100,10 +110,10 @@ def main() -> None:
     for n_dims in args.dims:
         layout = paper_layout(n_dims)
         name = f"{n_dims}D L=16 F=2 T=2^19 float32"
-        numba_times = measure(hash_grid_encode, layout, args.batch, args.repeats)
+        numba_times = measure(hash_grid_encode, hash_grid_encode_as, layout, args.batch, args.repeats)
         ref_times = None
         if not args.no_reference:
-            ref_times = measure(reference.hash_grid_encode, layout, args.batch, args.ref_repeats)
+            ref_times = measure(reference.hash_grid_encode, reference_as, layout, args.batch, args.ref_repeats)
         for pass_name, (median, best, cpu) in numba_times.items():
             fast = f"{args.batch / median / 1e6:6.2f} ({args.batch / best / 1e6:5.2f})"
             fast_cpu = f"{args.batch / cpu / 1e6:6.2f}"

@@ -6,7 +6,8 @@ Usage::
     python benchmarks/bench_nerf_render.py runs/lego --frames 3 --repeats 2 --precisions float32,auto
     python benchmarks/bench_nerf_render.py runs/fox --precisions auto --display   # as the viewer and videos
 
-Loads the run (``ngp.nerf.runs.load_nerf_run``: averaged weights, occupancy grid), renders
+Loads the run (``ngp.nerf.runs.load_nerf_run``: averaged weights, occupancy grid), renders one frame
+per variant untimed (loading compiled kernels and creating oneDNN's), then renders
 ``--frames`` frames of its data set's validation split (as ``ngp nerf eval`` does, PSNR included)
 with each ``--precisions`` value of ``RenderSettings.inference_precision``, alternating the variants
 ``--repeats`` times in this one process, and prints the median seconds per frame, samples/s, the PSNR,
@@ -53,6 +54,9 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; {'display' if args.display else 'evaluation'} renderer")
 
     precisions = args.precisions.split(",")
+    for precision in precisions:  # untimed: the first frame of a process loads the compiled kernels
+        settings = dataclasses.replace(loaded.renderer.settings, inference_precision=precision)
+        Renderer(loaded.field, loaded.grid, settings).render_image(dataset.cameras, frames[0], background)
     seconds: dict[str, list[float]] = {p: [] for p in precisions}
     samples: dict[str, int] = {}
     quality: dict[str, float] = {}

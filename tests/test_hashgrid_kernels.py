@@ -390,6 +390,8 @@ def test_forward_rounded_on_the_reference_backend(monkeypatch):
 
 def test_forward_rejects_an_output_dtype_it_cannot_write():
     layout = make_layout(3, "mixed")
+    with pytest.raises(TypeError, match="floating-point"):
+        hash_grid_encode_as(sample_points(10, 3, torch.float32), torch.zeros(layout.n_rows, 2), layout, torch.int32)
     with pytest.raises(TypeError, match="float16"):
         cpu.forward(sample_points(10, 3, torch.float32), torch.zeros(layout.n_rows, 2), layout, 1,
                     out_dtype=torch.float16)

@@ -337,6 +337,8 @@ def hash_grid_encode_as(
         ...     features = hash_grid_encode_as(x, table, layout, torch.bfloat16)   # [N, L*F] bfloat16
     """
     _validate(x, table, layout, interpolation)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"hash_grid_encode_as: dtype must be a floating-point torch.dtype, got {dtype!r}")
     storage = storage_dtype_for(table, storage_dtype)
     name = backend_for(x.device)
     if name == "reference" or x.shape[0] == 0:
