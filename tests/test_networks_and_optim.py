@@ -223,3 +223,22 @@ def test_out_dtype_is_the_usual_output_rounded(output_activation):
             assert usual.dtype == torch.float32 and rounded.dtype == torch.bfloat16
             assert torch.equal(rounded, usual.to(torch.bfloat16))
             assert autocast or not torch.equal(rounded.float(), usual)  # float32: rounded indeed
+
+
+def test_inference_in_chunks_of_rows_gives_the_same_output(monkeypatch):
+    """Without gradients under autocast a network runs INFERENCE_CHUNK_ROWS rows at a time (the
+    activations stay in the caches): the output is the whole batch's, bit for bit, the last chunk partial."""
+    import ngp.networks as networks
+
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=4)
+    x = torch.rand(2500, 32, generator=torch.Generator().manual_seed(2)) - 0.5
+    sizes = []
+    run_layers = networks.run_layers
+    monkeypatch.setattr(networks, "run_layers", lambda layers, x: sizes.append(x.shape[0]) or run_layers(layers, x))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1000)
+        chunked = net(x)
+        assert sizes == [1000, 1000, 500]
+        monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1 << 30)
+        whole = net(x)
+    assert torch.equal(chunked, whole) and chunked.shape == (2500, 16)
