@@ -32,10 +32,11 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   time, over groups of ``GROUP_POINTS`` (8192) points whose output rows (1 MB) stay in the core's
   cache while all levels write them. Writing the whole share level-major (``[L, N, F]``) and then
   transposing it cost a pass over 2 x 33 MB per 2^18 points: the groups measured 1.17-1.23x on a fox
-  frame's samples, 1.22x on lego's, 1.03x on uniform random points (old/new alternating in one process,
-  same numbers bit for bit; groups of 2048-16384 alike). The backward kernels read ``grad_out`` level-major
-  (``[L, N, F]``, converted once): contiguous per level, where ``[N, L*F]`` over a thread's whole share
-  touches a whole cache line per point and level (measured +30% on input gradients).
+  frame's samples, 1.22x on lego's, 1.03x on uniform random 3-D points, 1.22x in 2-D (old/new
+  alternating in one process, same numbers bit for bit; groups of 2048-16384 alike). The backward
+  kernels read ``grad_out`` level-major (``[L, N, F]``, converted once): contiguous per level, where
+  ``[N, L*F]`` over a thread's whole share touches a whole cache line per point and level (measured
+  +30% on input gradients).
 * **Forward in blocks, vectorised, rows prefetched.** For ``STAGE_BLOCK`` (1024) points at a time the
   forward first computes every corner's row and weight into a small scratch (``[corners, block]``), in
   loops over the points with no per-point branches that LLVM vectorises (coordinates transposed to
