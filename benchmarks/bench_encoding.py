@@ -5,8 +5,8 @@ Configurations (Müller et al. 2022): L=16 levels, F=2 features, T=2^19, N_min=1
 
 For each: M points/s for the forward pass, the forward rounded to bfloat16 (rendering's
 ``hash_grid_encode_as``; the reference converts its float32 result), forward + backward to the table,
-and forward + backward to the table and the inputs, as the median of ``--repeats`` timed runs after one warm-up (the reference,
-much slower, gets ``--ref-repeats``). The load average is printed: other processes on the machine make
+and forward + backward to the table and the inputs, as the median of ``--repeats`` timed runs after
+one warm-up (the reference, much slower, gets ``--ref-repeats``). The load average is printed: other processes on the machine make
 timings noisy, so compare numbers from one run.
 
     python benchmarks/bench_encoding.py [--batch 262144] [--repeats 7] [--dims 3 2]

@@ -28,11 +28,11 @@ A kernel family is a module in :data:`KERNELS` that exposes two functions::
         float64 for float64 x) or None, grad_x [N, d] or None), each None unless asked for.
         ``table`` holds the storage values when needs_x_grad; otherwise only its shape is used.
 
-Both receive contiguous tensors with N > 0, already validated here. A family may also write rounded
-features (``forward(..., out_dtype=torch.bfloat16)``, listed in its ``ROUNDED_OUTPUTS``), which
-:func:`hash_grid_encode_as` uses; for the others it rounds the float32 result. A family that cannot read a
-narrower dtype widens the table first (the Numba family does: same numbers, no bandwidth saved).
-Adding a family is one entry.
+Both receive contiguous tensors with N > 0, already validated here. A family that cannot read a
+narrower dtype widens the table first (the Numba family does: same numbers, no bandwidth saved). A
+family may also write rounded features (``forward(..., out_dtype=torch.bfloat16)``, the dtypes listed
+in its ``ROUNDED_OUTPUTS``), which :func:`hash_grid_encode_as` uses; for the others it rounds the
+float32 result. Adding a family is one entry.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def hash_grid_encode_as(
     detached. The Numba kernels round to bfloat16 as they write the features, which saves writing the
     float32 features and the pass that converts them (the next matrix product would round them
     anyway): 2^18 points, 16 levels, 1.2-2.4 ms less than ``.to()`` after the float32 kernel (of
-    ~32 ms; measured, 2 cores)
+    ~32 ms; measured, 2 cores).
 
     Example::
 
