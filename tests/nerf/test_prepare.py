@@ -347,9 +347,13 @@ def test_sharpness_drops_with_blur():
 @pytest.mark.slow
 def test_video_of_an_orbit_is_posed_with_sequential_matching(tmp_path):
     """A 72-frame orbit video (rising and sinking between 20 and 60 degrees); 36 frames taken,
-    matched sequentially, all posed. A chain of neighbours drifts more than every pair matched
-    (the photo test): centres within 5% of the scene size (3.6% of the camera distance). Prepared
-    again with the next seed when COLMAP misregisters a camera grossly (once seen in a full run)."""
+    matched sequentially, all posed. Its compressed 320-pixel frames pose less exactly than the
+    photos (lossless PNGs): over 37 preparations the worst camera centre was off by 0.5-5.3% of the
+    scene (median 2%; 5.6% in a CI run), its rotation by 0.2-0.7 degrees (1.2), and exhaustive
+    matching (2.0-4.4%) or a PINHOLE camera (0.9-2.8%) did no better: the frames, not the sequential
+    pairs. Bounds: 7.5% of the scene (5.4% of the camera distance) and 1.5 degrees; one frame posed
+    where its neighbour in the video is (5 degrees along the orbit) is off by 5.9% and 4.9 degrees.
+    Prepared again with the next seed when COLMAP misregisters a camera grossly."""
     angles = np.linspace(0, 2 * np.pi, 72, endpoint=False)
     elevation = np.radians(40 + 20 * np.sin(angles))
     centres = 4 * np.stack([np.cos(elevation) * np.cos(angles), np.cos(elevation) * np.sin(angles),
@@ -365,7 +369,7 @@ def test_video_of_an_orbit_is_posed_with_sequential_matching(tmp_path):
     _, centre_error, rotation_error = alignment(ours, truth[result.source_frames])
     print(f"video: centres off by {centre_error.max() / SCENE_SIZE:.2%} of the scene, rotations by "
           f"{rotation_error.max():.3f} deg")
-    assert centre_error.max() < 0.05 * SCENE_SIZE and rotation_error.max() < 1.0
+    assert centre_error.max() < 0.075 * SCENE_SIZE and rotation_error.max() < 1.5
 
 
 # ------------------------------------------------------------------------------------ failures
