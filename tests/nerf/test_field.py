@@ -96,6 +96,23 @@ def test_colour_depends_on_view_direction_and_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_colour_of_chosen_rows_is_the_colour_of_those_samples(dtype):
+    """color(h, d, ray_indices, rows=...) (rendering: only the samples that show) is the colour of
+    h[rows] with their rays' directions, bit for bit, in float32 and in bfloat16 (rendering's)."""
+    torch.manual_seed(0)
+    field = NerfField(UNIT_AABB, config=SMALL)
+    ray_indices = torch.sort(torch.randint(0, 50, (400,)))[0]
+    d = unit_directions(50)
+    rows = torch.sort(torch.randperm(400)[:150])[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        h = field.geometry(torch.rand(400, 3), dtype=dtype)
+        chosen = field.color(h, d, ray_indices, rows=rows)
+        assert torch.equal(chosen, field.color(h[rows], d, ray_indices[rows]))
+    with pytest.raises(ValueError, match="ray_indices"):
+        field.color(h, d, rows=rows)
+
+
 def test_trunc_exp_is_bounded_with_useful_gradients():
     x = torch.tensor([0.0, 10.0, 100.0], requires_grad=True)
     y = trunc_exp(x)

@@ -367,6 +367,48 @@ def test_weights_sum_to_opacity(backend):
                                atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold", [0.0, 1e-4, 0.3])
+def test_render_weights_kernel_continues_rays_as_the_reference(dtype, threshold):
+    """The Numba kernel (no gradients) against the plain definition: with and without each ray's
+    transmittance in front of its samples, which is the weights of the whole ray cut in two."""
+    sigmas, _, t_starts, t_ends, ray_indices, offsets = _packed(seed=8, dtype=dtype)
+    start = torch.rand(offsets.shape[0] - 1, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    start[4] = 0.0  # a ray that has already terminated
+    for given in (None, start):
+        with torch.no_grad():
+            ours = ops.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, offsets, threshold, given)
+        plain = ref.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, offsets,
+                                                          threshold, given)
+        assert ours.dtype == dtype and ((ours > 0) == (plain > 0)).all()
+        # the reference's one float64 sum over every ray's samples is the less exact of the two
+        torch.testing.assert_close(ours, plain, rtol=1e-8 if dtype == torch.float64 else 1e-6, atol=0)
+    if dtype != torch.float64:
+        return
+    # a ray's second half, given the transmittance its first half leaves, weighs as in the whole ray
+    whole = ops.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, offsets, 0.0)
+    head = offsets[:-1] + (offsets[1:] - offsets[:-1]) // 2  # each ray's first sample of its second half
+    in_tail = torch.arange(sigmas.shape[0]) >= head[ray_indices]
+    head_weight = torch.zeros(offsets.shape[0] - 1, dtype=dtype).index_add(0, ray_indices[~in_tail], whole[~in_tail])
+    tail_offsets = torch.cat([offsets.new_zeros(1), torch.bincount(ray_indices[in_tail],
+                                                                   minlength=offsets.shape[0] - 1).cumsum(0)])
+    with torch.no_grad():
+        tail = ops.render_weight_from_density(t_starts[in_tail], t_ends[in_tail], sigmas[in_tail],
+                                              ray_indices[in_tail], tail_offsets, 0.0, 1.0 - head_weight)
+    torch.testing.assert_close(tail, whole[in_tail], rtol=1e-9, atol=1e-15)
+
+
+def test_render_weights_with_gradients_and_bad_input():
+    sigmas, _, t_starts, t_ends, ray_indices, offsets = _packed(n_rays=6, max_per_ray=6, seed=2,
+                                                                dtype=torch.float64, saturate=False)
+    start = torch.rand(6, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda s: ops.render_weight_from_density(t_starts, t_ends, s, ray_indices, offsets, 1e-4, start),
+        (sigmas.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"transmittance_start must be \[6\]"):
+        ops.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, offsets, 1e-4, start[:5])
+
+
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_composite_gradcheck_float64(monkeypatch, backend_name):
     monkeypatch.setenv("NGP_BACKEND", backend_name)

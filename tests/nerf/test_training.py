@@ -13,11 +13,11 @@ from ngp.config import ConfigError
 from ngp.geometry.cameras import generate_rays
 from ngp.io.checkpoints import CheckpointError, find_checkpoint, load_checkpoint
 from ngp.io.runs import RunFolder
+from ngp.kernels.reference.nerf import transmittance
 from ngp.nerf.builtin_scene import make_builtin_scene
 from ngp.nerf.datasets import load_dataset
 from ngp.nerf.evaluation import evaluate
-from ngp.nerf.renderer import (DISPLAY_TRANSMITTANCE, AdaptiveSegments, FixedSegments, Renderer, inference_dtype,
-                               transmittance_before)
+from ngp.nerf.renderer import DISPLAY_TRANSMITTANCE, AdaptiveSegments, FixedSegments, Renderer, inference_dtype
 from ngp.nerf.runs import load_nerf_run
 from ngp.nerf.trainer import TrainSettings, build_nerf_task, train_nerf
 from ngp.train.loop import LoopState, load_task_state, train
@@ -179,7 +179,7 @@ def test_segment_marching_keeps_the_samples_in_front_of_surfaces(trained, scene)
     with torch.no_grad():
         whole = r.march(o, d)
         sigmas = task.model.density(whole.positions)
-        t_before = transmittance_before(sigmas, whole.t_starts, whole.t_ends, whole.ray_offsets, whole.ray_indices)
+        t_before, _ = transmittance(sigmas, whole.t_starts, whole.t_ends, whole.ray_indices, whole.ray_offsets)
         keep = t_before > r.settings.transmittance_threshold
         samples, features, n_marched = r.march_in_front(o, d, schedule=FixedSegments((8,)))
         default = r.march_in_front(o, d)[0]
@@ -236,8 +236,12 @@ def test_skipping_the_colour_of_invisible_samples_changes_nothing_visible(traine
     test = load_dataset(scene, "test")
     colored = []
     original = type(task.model).color
-    monkeypatch.setattr(type(task.model), "color",
-                        lambda self, h, *a, **k: (colored.append(h.shape[0]), original(self, h, *a, **k))[1])
+
+    def counting(self, h, *args, rows=None, **kwargs):
+        colored.append(h.shape[0] if rows is None else rows.shape[0])
+        return original(self, h, *args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(type(task.model), "color", counting)
     renders = {}
     for threshold in (0.0, 1e-4):
         settings = dataclasses.replace(task.renderer.settings, inference_precision="float32",

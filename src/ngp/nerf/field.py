@@ -34,6 +34,7 @@ from ngp.encodings import Encoding
 from ngp.losses import build_loss
 from ngp.networks import Network, pad_rows, run_layers
 from ngp.optim import OPTIMIZER_OTYPES, UNSUPPORTED_OPTIMIZERS, parse_optimizer_config
+from ngp.ops.rows import gather_cat
 from ngp.train.settings import build_config, default_config
 
 __all__ = ["NerfField", "DEFAULT_CONFIG", "INACTIVE_SECTIONS", "MODEL_KEYS", "check_inactive_sections", "model_config",
@@ -260,20 +261,30 @@ class NerfField(nn.Module):
         h = self.geometry(positions, features)
         return trunc_exp(h[:, 0]), self.color(h, directions, ray_indices)
 
-    def color(self, h: torch.Tensor, directions: torch.Tensor,
-              ray_indices: torch.Tensor | None = None) -> torch.Tensor:
+    def color(self, h: torch.Tensor, directions: torch.Tensor, ray_indices: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[S, 3]`` colour in (0, 1) from the density network's outputs ``h [S, 16]`` (:meth:`geometry`)
-        and the view directions (per sample, or per ray with ``ray_indices``, as :meth:`forward`)."""
+        and the view directions (per sample, or per ray with ``ray_indices``, as :meth:`forward`).
+
+        ``rows [V]`` (with ``ray_indices``): the colour of those samples only, ``[V, 3]``, equal to
+        ``color(h[rows], directions, ray_indices[rows])`` without its copies (rendering colours only
+        the samples that show)."""
         # per-ray directions are encoded once per ray, then gathered (a measured split of the colour
         # network's first layer into per-ray and per-sample parts was slower on CPU: the scatter in
         # its backward costs more than the 16 columns it saves)
         dir_features = self.dir_encoding(((directions + 1.0) * 0.5).clamp(0.0, 1.0)).to(h.dtype)
-        if ray_indices is not None:
-            dir_features = dir_features.index_select(0, ray_indices)
+        if rows is not None:
+            if ray_indices is None:
+                raise ValueError("color(rows=...) needs ray_indices (per-ray directions)")
+            x = gather_cat(dir_features, ray_indices.index_select(0, rows), h, rows)
+        elif ray_indices is not None:
+            x = torch.cat([dir_features.index_select(0, ray_indices), h], dim=1)
         elif dir_features.shape[0] != h.shape[0]:
             raise ValueError(f"directions [{dir_features.shape[0]}, 3] do not match positions "
                              f"[{h.shape[0]}, 3]; give ray_indices for per-ray directions")
-        return torch.sigmoid(self.rgb_network(torch.cat([dir_features, h], dim=1)))
+        else:
+            x = torch.cat([dir_features, h], dim=1)
+        return torch.sigmoid(self.rgb_network(x))
 
     def extra_repr(self) -> str:
         return f"aabb={self.aabb.tolist()}, aabb_scale={self.aabb_scale}"

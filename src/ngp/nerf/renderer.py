@@ -24,11 +24,12 @@ import torch
 from ngp.geometry.cameras import Cameras, generate_rays
 from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
-from ngp.ops.nerf import RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect
+from ngp.ops.nerf import (RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect,
+                          render_weight_from_density)
 from ngp.train.precision import native_bfloat16
 
 __all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE",
-           "inference_dtype", "transmittance_before"]
+           "inference_dtype"]
 
 #: instant-ngp's NERF_STEPS: the smallest step is sqrt(3) / 1024 of the unit cube.
 N_STEPS = 1024
@@ -86,19 +87,6 @@ class RenderResult:
     depth: torch.Tensor
     n_samples: int
     n_marched: int = 0
-
-
-def transmittance_before(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
-                         ray_offsets: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
-    """``[S]`` transmittance in front of each sample, ``exp(-sum of sigma*dt before it on its ray)``.
-
-    Samples of a ray are contiguous (``ray_offsets [R+1]``), so one global cumulative sum minus its
-    value at each ray's first sample gives the per-ray sums.
-    """
-    tau = (sigmas * (t_ends - t_starts)).double()  # double: the global sum runs over all rays
-    inclusive = torch.cumsum(tau, 0)
-    start = torch.cat([inclusive.new_zeros(1), inclusive])[ray_offsets[:-1]]
-    return torch.exp(-(inclusive - tau - start[ray_indices])).float()
 
 
 def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -383,13 +371,12 @@ class Renderer:
             threshold = self.settings.color_weight_threshold
             if threshold <= 0:
                 return sigmas, field.color(h, directions, samples.ray_indices).float()
-            weights = trans[samples.ray_indices] * transmittance_before(
-                sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets, samples.ray_indices) * \
-                -torch.expm1(-sigmas * (samples.t_ends - samples.t_starts))
+            weights = render_weight_from_density(samples.t_starts, samples.t_ends, sigmas, samples.ray_indices,
+                                                 samples.ray_offsets, self.settings.transmittance_threshold, trans)
             visible = (weights >= threshold).nonzero().squeeze(1)
             rgbs = sigmas.new_zeros(sigmas.shape[0], 3)
             if visible.numel():
-                rgbs[visible] = field.color(h[visible], directions, samples.ray_indices[visible]).float()
+                rgbs.index_copy_(0, visible, field.color(h, directions, samples.ray_indices, rows=visible).float())
         return sigmas, rgbs
 
     @torch.inference_mode()

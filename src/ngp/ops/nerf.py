@@ -29,6 +29,9 @@ backward). A compiled kernel module provides, on torch tensors of one device:
 * ``composite_backward(grad_color [R,C], grad_opacity [R], grad_depth [R], grad_weights [S] or [0],
   sigmas, rgbs, t_starts, t_ends, ray_indices, ray_offsets, background, color, opacity, depth,
   threshold) -> (grad_sigmas [S], grad_rgbs [S,C], grad_background [R,C])``
+* optionally ``render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets,
+  threshold, transmittance_start [R] or None) -> weights [S]``, without gradients (the reference
+  runs where a family has none)
 
 with exactly the semantics of the same-named functions of :mod:`ngp.kernels.reference.nerf`.
 """
@@ -475,10 +478,18 @@ def render_weight_from_density(
     ray_indices: torch.Tensor,
     ray_offsets: torch.Tensor,
     transmittance_threshold: float = 1e-4,
+    transmittance_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Volume-rendering weights ``w_i = T_i alpha_i`` ``[S]`` (0 after early termination), as nerfacc's.
+    """Volume-rendering weights ``w_i = T_i alpha_i`` ``[S]`` (0 once ``T_i`` falls below
+    ``transmittance_threshold``), as nerfacc's.
 
-    Plain PyTorch (differentiable by autograd) whatever the backend.
+    ``transmittance_start [R]``: each ray's transmittance in front of its first sample, when the
+    samples continue a ray already partly rendered (a renderer marching a segment at a time); the
+    weights are then those along the whole ray. Default: 1.
+
+    Plain PyTorch (differentiable by autograd) where gradients are wanted; without them, the backend's
+    compiled kernel where it has one (Numba: one pass over the samples, a running product where the
+    plain definition takes one float64 sum over all rays; equal to ~1e-9 relative in float64).
 
     Example::
 
@@ -486,8 +497,18 @@ def render_weight_from_density(
         >>> opacity = accumulate_along_rays(w, None, s.ray_indices, s.n_rays)
     """
     _check_packed(sigmas.shape[0], ray_indices, ray_offsets, t_starts=t_starts, t_ends=t_ends)
-    return reference.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets,
-                                                transmittance_threshold)
+    n_rays = ray_offsets.shape[0] - 1
+    if transmittance_start is not None and transmittance_start.shape != (n_rays,):
+        raise ValueError(f"transmittance_start must be [{n_rays}] (one per ray), got "
+                         f"{tuple(transmittance_start.shape)}")
+    kernels = _kernels(sigmas.device)
+    wants_grad = torch.is_grad_enabled() and sigmas.requires_grad
+    if wants_grad or not hasattr(kernels, "render_weight_from_density") or sigmas.dtype != t_starts.dtype:
+        return reference.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets,
+                                                    transmittance_threshold, transmittance_start)
+    start = None if transmittance_start is None else transmittance_start.to(sigmas.dtype)
+    return kernels.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets,
+                                              float(transmittance_threshold), start)
 
 
 def accumulate_along_rays(

@@ -14,6 +14,8 @@ zero-copy NumPy views) with the signatures documented in :mod:`ngp.ops.nerf`; th
 * **Compositing**: forward and backward parallel over rays (``fastmath``, float64 accumulators). The
   backward is one front-to-back sweep per ray: the suffix ``sum_{j>i} w_j g_j`` is ``total - prefix``,
   with ``total`` taken from the forward outputs (instant-ngp's ``rgb_ray - rgb_ray2`` trick).
+* **Weights** without gradients (:func:`render_weight_from_density`), parallel over rays: rendering
+  picks the samples worth colouring by them, one pass instead of a dozen tensor operations.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["march_rays", "composite_forward", "composite_backward"]
+__all__ = ["march_rays", "composite_forward", "composite_backward", "render_weight_from_density"]
 
 _EXACT = dict(parallel=True, fastmath=False, cache=True)
 _FAST = dict(parallel=True, fastmath=True, cache=True)
@@ -452,6 +454,22 @@ def _composite_forward(sigmas, rgbs, t_starts, t_ends, offsets, background, thre
         depth[r] = acc_depth
 
 
+@njit(**_EXACT)
+def _render_weights(sigmas, t_starts, t_ends, offsets, start, threshold, weights):
+    for r in prange(offsets.shape[0] - 1):
+        # one expm1 per sample: T_{i+1} = T_i (1 - alpha_i), against the reference's exp of a sum
+        # (a rounding error per sample, ~1e-16 relative; a scalar exp is slower than torch's vector one)
+        trans = np.float64(start[r]) if start.shape[0] else 1.0
+        end = offsets[r + 1]
+        for i in range(offsets[r], end):
+            if trans < threshold:  # the ray has terminated: the rest weighs nothing
+                weights[i:end] = 0.0
+                break
+            e = math.expm1(-np.float64(sigmas[i]) * np.float64(t_ends[i] - t_starts[i]))
+            weights[i] = trans * -e
+            trans *= 1.0 + e
+
+
 @njit(**_FAST)
 def _composite_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_starts, t_ends, offsets,
                         background, color, opacity, depth, threshold, grad_sigmas, grad_rgbs, grad_background):
@@ -509,6 +527,16 @@ def composite_forward(sigmas, rgbs, t_starts, t_ends, ray_indices, ray_offsets, 
     _composite_forward(_np(sigmas), _np(rgbs), _np(t_starts), _np(t_ends), _np(ray_offsets), _np(background),
                        float(threshold), color.numpy(), opacity.numpy(), depth.numpy(), weights.numpy())
     return color, opacity, depth, weights
+
+
+def render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets, threshold, transmittance_start):
+    """Numba version of :func:`ngp.kernels.reference.nerf.render_weight_from_density`, without
+    gradients (``ray_indices`` unused; ``transmittance_start`` may be None)."""
+    weights = torch.empty_like(sigmas)
+    start = _np(transmittance_start) if transmittance_start is not None else np.empty(0, np.float32)
+    _render_weights(_np(sigmas), _np(t_starts), _np(t_ends), _np(ray_offsets), start, float(threshold),
+                    weights.numpy())
+    return weights
 
 
 def composite_backward(grad_color, grad_opacity, grad_depth, grad_weights, sigmas, rgbs, t_starts, t_ends,

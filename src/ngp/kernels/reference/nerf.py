@@ -287,10 +287,15 @@ def transmittance(
 
 
 def render_weight_from_density(
-    t_starts, t_ends, sigmas, ray_indices, ray_offsets, transmittance_threshold: float = 1e-4
+    t_starts, t_ends, sigmas, ray_indices, ray_offsets, transmittance_threshold: float = 1e-4,
+    transmittance_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``w_i = T_i alpha_i``, 0 once ``T_i < transmittance_threshold``; ``[S]`` in ``sigmas``' dtype."""
+    """``w_i = T_i alpha_i``, 0 once ``T_i < transmittance_threshold``; ``[S]`` in ``sigmas``' dtype.
+    ``transmittance_start [R]`` (optional) multiplies each ray's ``T_i``: the transmittance in front
+    of its first sample."""
     trans, alpha = transmittance(sigmas, t_starts, t_ends, ray_indices, ray_offsets)
+    if transmittance_start is not None:
+        trans = trans * transmittance_start.to(trans.dtype)[ray_indices]
     weights = torch.where(trans >= transmittance_threshold, trans * alpha, torch.zeros_like(trans))
     return weights.to(sigmas.dtype)
 
