@@ -347,16 +347,18 @@ class Renderer:
         march = _SegmentMarch(self, origins, directions, schedule or RENDER_SEGMENTS)
         n_samples = 0
         while (samples := march.next()) is not None:
-            alive = march.alive
+            alive = march.alive  # distinct rays: index_add_ adds once per ray, as color[alive] += would
+            trans_alive = trans.index_select(0, alive)
             if samples.n_samples:
-                sigmas, rgbs = self._shade(samples, directions[alive], trans[alive], dtype)
+                sigmas, rgbs = self._shade(samples, directions.index_select(0, alive), trans_alive, dtype)
                 out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
                                 samples.ray_offsets, None, s.transmittance_threshold)
-                color[alive] += trans[alive, None] * out.color
-                depth[alive] += trans[alive] * out.depth
-                trans[alive] *= 1.0 - out.opacity
+                color.index_add_(0, alive, trans_alive[:, None] * out.color)
+                depth.index_add_(0, alive, trans_alive * out.depth)
+                trans_alive = trans_alive * (1.0 - out.opacity)
+                trans.index_copy_(0, alive, trans_alive)
                 n_samples += samples.n_samples
-            march.advance(trans[alive] > s.transmittance_threshold)
+            march.advance(trans_alive > s.transmittance_threshold)
         background = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(n_rays, 3)
         return RenderResult(color + trans[:, None] * background, 1.0 - trans, depth, n_samples)
 
