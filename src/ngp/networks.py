@@ -182,7 +182,7 @@ class Network(Module):
         n = x.shape[0]
         if torch.is_grad_enabled():  # training; rendering (no gradients) measured no faster padded
             x = run_layers(body, pad_rows(x))
-        elif n > INFERENCE_CHUNK_ROWS:
+        elif n > INFERENCE_CHUNK_ROWS and x.device.type == "cpu":  # a GPU wants its rows at once
             x = torch.cat([run_layers(body, part) for part in x.split(INFERENCE_CHUNK_ROWS)])
         else:
             x = run_layers(body, x)

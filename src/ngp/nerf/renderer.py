@@ -203,9 +203,10 @@ class _SegmentMarch:
         self.segment = min(self.schedule.size(self.round, self.origins.shape[0], alive.numel()), s.max_samples_per_ray)
         jitter = self.generator if (self.generator is not None and self.round == 0) else False
         # the rays were checked by ray_aabb_intersect in __init__
-        pick = lambda t: t.index_select(0, alive)  # noqa: E731  (faster than t[alive] for an index)
-        self.samples = march_checked_rays(pick(self.origins), pick(self.directions), pick(self.t_near),
-                                          pick(self.t_far), self.renderer.grid,
+        # index_select: faster than t[alive] for an index tensor
+        origins, directions, t_near, t_far = (t.index_select(0, alive) for t in
+                                              (self.origins, self.directions, self.t_near, self.t_far))
+        self.samples = march_checked_rays(origins, directions, t_near, t_far, self.renderer.grid,
                                           step_size=s.step_size if self.renderer.grid is None else None,
                                           cone_angle=s.cone_angle, max_samples_per_ray=self.segment, jitter=jitter,
                                           sample_directions=False)  # shading takes the rays' directions

@@ -31,7 +31,11 @@ def _gather_cat(a, a_index, b, b_index, out):
 def gather_cat(a: torch.Tensor, a_index: torch.Tensor, b: torch.Tensor, b_index: torch.Tensor) -> torch.Tensor:
     """``torch.cat([a[a_index], b[b_index]], 1)`` for contiguous CPU ``a``, ``b`` of one dtype whose rows
     are whole words, int64 indices in range (checked by the caller)."""
-    words = lambda t: t.contiguous().view(torch.int64).numpy()  # noqa: E731  (zero-copy)
     out = torch.empty(a_index.shape[0], a.shape[1] + b.shape[1], dtype=a.dtype)
-    _gather_cat(words(a), a_index.contiguous().numpy(), words(b), b_index.contiguous().numpy(), words(out))
+    _gather_cat(_words(a), a_index.contiguous().numpy(), _words(b), b_index.contiguous().numpy(), _words(out))
     return out
+
+
+def _words(t: torch.Tensor):
+    """A zero-copy NumPy view of ``t``'s rows as 8-byte words."""
+    return t.contiguous().view(torch.int64).numpy()
