@@ -79,7 +79,7 @@ def test_inference_fuses_linear_and_relu_with_the_same_result(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
             out = net(x)
-            assert calls == [(3000, 32), (3000, 64)]  # both hidden layers fused, the output layer not
+            assert calls == [(3072, 32), (3072, 64)]  # both hidden layers fused (rows padded), the output layer not
             h = x
             for layer in net.layers[:-1]:  # the same layers one by one
                 h = layer(h)
@@ -91,6 +91,36 @@ def test_inference_fuses_linear_and_relu_with_the_same_result(monkeypatch):
     with torch.no_grad():
         net(x)
     assert calls == []  # float32: plain layers
+
+
+@pytest.mark.skipif(ngp.networks._LINEAR_RELU is None, reason="this PyTorch build has no fused oneDNN linear + ReLU")
+def test_inference_follows_weights_changed_after_it_ran():
+    """The fused layers convert each weight to bfloat16 once and keep it: the kept copy must follow an
+    in-place update (an optimizer step), a loaded state and a replaced parameter."""
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=3)
+    other = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=4)
+    x = torch.rand(500, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+
+    def fused_and_plain():
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            out, h = net(x), x
+            for layer in net.layers[:-1]:
+                h = layer(h)
+        return out, h.float()
+
+    before, _ = fused_and_plain()
+    kept = net.layers[0]._ngp_bfloat16_weight[2]
+    assert fused_and_plain()[0].equal(before) and net.layers[0]._ngp_bfloat16_weight[2] is kept  # reused
+    with torch.no_grad():
+        net.layers[0].weight.mul_(-2.0)  # as an optimizer step changes it: in place
+    out, plain = fused_and_plain()
+    assert not out.equal(before) and out.equal(plain)
+    net.load_state_dict(other.state_dict())
+    out, plain = fused_and_plain()
+    assert out.equal(plain)
+    net.layers[2].weight = torch.nn.Parameter(net.layers[2].weight.detach() * 0.5)  # a new tensor, version 0
+    out, plain = fused_and_plain()
+    assert out.equal(plain)
 
 
 def test_losses_against_closed_forms():
@@ -227,7 +257,8 @@ def test_out_dtype_is_the_usual_output_rounded(output_activation):
 
 def test_inference_in_chunks_of_rows_gives_the_same_output(monkeypatch):
     """Without gradients under autocast a network runs INFERENCE_CHUNK_ROWS rows at a time (the
-    activations stay in the caches): the output is the whole batch's, bit for bit, the last chunk partial."""
+    activations stay in the caches), each chunk padded to one of the few row counts oneDNN keeps kernels
+    for: the output is the whole batch's, bit for bit, the last chunk partial."""
     import ngp.networks as networks
 
     net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=4)
@@ -236,9 +267,14 @@ def test_inference_in_chunks_of_rows_gives_the_same_output(monkeypatch):
     run_layers = networks.run_layers
     monkeypatch.setattr(networks, "run_layers", lambda layers, x: sizes.append(x.shape[0]) or run_layers(layers, x))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1000)
+        monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1024)
         chunked = net(x)
-        assert sizes == [1000, 1000, 500]
+        assert sizes == [1024, 1024, 480]  # 452 rows padded to 480 (one of 8 sizes in 256..511)
+        sizes.clear()
+        small = net(x[:37])
+        assert sizes == [networks.PAD_ROWS_MIN] and torch.equal(small, net(x)[:37])  # few rows: padded to the minimum
         monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1 << 30)
         whole = net(x)
     assert torch.equal(chunked, whole) and chunked.shape == (2500, 16)
+    assert networks.padded_row_count(452) == 480 and networks.padded_row_count(37) == 37
+    assert networks.padded_row_count(37, 256) == 256

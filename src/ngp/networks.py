@@ -26,16 +26,16 @@ NETWORK_DEFAULTS = {
 PAD_ROWS_MIN = 256
 
 
-def padded_row_count(n: int) -> int:
-    """``n`` rounded up to one of 8 sizes per power of two (at most 12.5 % more; ``n`` itself below
-    :data:`PAD_ROWS_MIN`)."""
+def padded_row_count(n: int, minimum: int = 0) -> int:
+    """``n`` rounded up to one of 8 sizes per power of two (at most 12.5 % more); below
+    :data:`PAD_ROWS_MIN`, ``n`` itself or ``minimum`` if larger."""
     if n < PAD_ROWS_MIN:
-        return n
+        return max(n, minimum)
     step = 1 << (n.bit_length() - 4)
     return -(-n // step) * step
 
 
-def pad_rows(x: torch.Tensor) -> torch.Tensor:
+def pad_rows(x: torch.Tensor, minimum: int = 0) -> torch.Tensor:
     """``x [N, k]`` with zero rows appended up to :func:`padded_row_count` when its matrix products will
     run in bfloat16/float16 on a CPU (under autocast); else ``x`` itself. The caller keeps the first
     ``N`` rows of the result (zero rows add nothing to weight gradients).
@@ -45,12 +45,13 @@ def pad_rows(x: torch.Tensor) -> torch.Tensor:
     batches change size every step and every pre-pass round, so nearly every product paid ~0.4 ms for
     a new kernel (measured: a [65536..69536, 64] x [64, 64] bfloat16 product 0.34-0.63 ms with one
     size, 0.72-1.2 ms with a new size each call). With a few sizes per power of two the kernels are
-    reused. Used by training (:class:`Network` with gradients, the NeRF pre-pass); rendering measured
-    no faster padded.
+    reused. Used by training (:class:`Network` with gradients, the NeRF pre-pass) and rendering (each
+    chunk of :data:`INFERENCE_CHUNK_ROWS` rows: the last of a round, and any below ``minimum`` rows, would
+    otherwise be a new shape every round).
     """
     if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or x.dim() != 2:
         return x
-    rows = padded_row_count(x.shape[0])
+    rows = padded_row_count(x.shape[0], minimum)
     return x if rows == x.shape[0] else torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[0]))
 
 
@@ -103,12 +104,25 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
         fusable = (fuse and isinstance(layer, nn.Linear) and layer.bias is None and i + 1 < len(modules)
                    and isinstance(modules[i + 1], nn.ReLU))
         if fusable:
-            x = _LINEAR_RELU(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16), None, "relu", [], "")
+            x = _LINEAR_RELU(x.to(torch.bfloat16), _bfloat16_weight(layer), None, "relu", [], "")
             i += 2
         else:
             x = layer(x)
             i += 1
     return x
+
+
+def _bfloat16_weight(layer: nn.Linear) -> torch.Tensor:
+    """``layer.weight`` in bfloat16, converted again only when the weight changed: a frame calls each
+    layer once per chunk of rows and round (hundreds of times), a conversion each. Any in-place change
+    (an optimizer step, ``load_state_dict``, EMA weights applied) bumps the tensor's version; a replaced
+    weight is another tensor (the cache holds the one it converted)."""
+    weight = layer.weight
+    cached = layer.__dict__.get("_ngp_bfloat16_weight")
+    if cached is None or cached[0] is not weight or cached[1] != weight._version:
+        cached = (weight, weight._version, weight.detach().to(torch.bfloat16))
+        layer.__dict__["_ngp_bfloat16_weight"] = cached
+    return cached[2]
 
 
 class _Lambda(nn.Module):
@@ -180,10 +194,12 @@ class Network(Module):
         # and whatever follows (exp of a log-density, losses) must not: exp overflows float16 at 11.
         *body, output_activation = self.layers
         n = x.shape[0]
-        if torch.is_grad_enabled():  # training; rendering (no gradients) measured no faster padded
+        if torch.is_grad_enabled():  # training
             x = run_layers(body, pad_rows(x))
-        elif n > INFERENCE_CHUNK_ROWS and x.device.type == "cpu":  # a GPU wants its rows at once
-            x = torch.cat([run_layers(body, part) for part in x.split(INFERENCE_CHUNK_ROWS)])
+        elif x.device.type == "cpu":  # a GPU wants its rows at once
+            parts = [run_layers(body, pad_rows(part, minimum=PAD_ROWS_MIN))[:part.shape[0]]
+                     for part in x.split(INFERENCE_CHUNK_ROWS)]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
         else:
             x = run_layers(body, x)
         if out_dtype is not None and x.dtype == out_dtype and isinstance(output_activation, nn.Identity):

@@ -109,8 +109,14 @@ def test_colour_of_chosen_rows_is_the_colour_of_those_samples(dtype):
         h = field.geometry(torch.rand(400, 3), dtype=dtype)
         chosen = field.color(h, d, ray_indices, rows=rows)
         assert torch.equal(chosen, field.color(h[rows], d, ray_indices[rows]))
+        # the directions encoded beforehand (a renderer's chunk of rays, once for all its rounds)
+        encoded = field.direction_features(d).to(h.dtype)
+        assert torch.equal(chosen, field.color(h, None, ray_indices, rows=rows, direction_features=encoded))
     with pytest.raises(ValueError, match="ray_indices"):
         field.color(h, d, rows=rows)
+    for directions, features in ((d, encoded), (None, None)):
+        with pytest.raises(ValueError, match="either directions or direction_features"):
+            field.color(h, directions, ray_indices, direction_features=features)
 
 
 def test_trunc_exp_is_bounded_with_useful_gradients():

@@ -261,18 +261,27 @@ class NerfField(nn.Module):
         h = self.geometry(positions, features)
         return trunc_exp(h[:, 0]), self.color(h, directions, ray_indices)
 
-    def color(self, h: torch.Tensor, directions: torch.Tensor, ray_indices: torch.Tensor | None = None,
-              rows: torch.Tensor | None = None) -> torch.Tensor:
+    def direction_features(self, directions: torch.Tensor) -> torch.Tensor:
+        """``[R, 3]`` unit view directions -> ``[R, n]`` their encoding, the colour network's first inputs
+        (renderers encode a chunk's rays once and hand the result to :meth:`color` round after round)."""
+        return self.dir_encoding(((directions + 1.0) * 0.5).clamp(0.0, 1.0))
+
+    def color(self, h: torch.Tensor, directions: torch.Tensor | None, ray_indices: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None, direction_features: torch.Tensor | None = None) -> torch.Tensor:
         """``[S, 3]`` colour in (0, 1) from the density network's outputs ``h [S, 16]`` (:meth:`geometry`)
         and the view directions (per sample, or per ray with ``ray_indices``, as :meth:`forward`).
 
         ``rows [V]`` (with ``ray_indices``): the colour of those samples only, ``[V, 3]``, equal to
         ``color(h[rows], directions, ray_indices[rows])`` without its copies (rendering colours only
-        the samples that show)."""
+        the samples that show). ``direction_features``: :meth:`direction_features` of the directions,
+        given instead of them (``directions=None``)."""
         # per-ray directions are encoded once per ray, then gathered (a measured split of the colour
         # network's first layer into per-ray and per-sample parts was slower on CPU: the scatter in
         # its backward costs more than the 16 columns it saves)
-        dir_features = self.dir_encoding(((directions + 1.0) * 0.5).clamp(0.0, 1.0)).to(h.dtype)
+        if (directions is None) == (direction_features is None):
+            raise ValueError("color() takes either directions or direction_features")
+        dir_features = self.direction_features(directions) if direction_features is None else direction_features
+        dir_features = dir_features.to(h.dtype)
         if rows is not None:
             if ray_indices is None:
                 raise ValueError("color(rows=...) needs ray_indices (per-ray directions)")
