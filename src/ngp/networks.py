@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping, Sequence
+import threading
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -38,7 +40,8 @@ def padded_row_count(n: int, minimum: int = 0) -> int:
 def pad_rows(x: torch.Tensor, minimum: int = 0) -> torch.Tensor:
     """``x [N, k]`` with zero rows appended up to :func:`padded_row_count` when its matrix products will
     run in bfloat16/float16 on a CPU (under autocast); else ``x`` itself. The caller keeps the first
-    ``N`` rows of the result (zero rows add nothing to weight gradients).
+    ``N`` rows of the result (zero rows add nothing to weight gradients). A padded float32 ``x`` comes
+    back in the autocast dtype: only a matrix product under autocast may take the result.
 
     Why: on a CPU those products run through oneDNN, which builds and compiles a kernel for every new
     shape and keeps the last 256 (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, set by ``import ngp``); NeRF's
@@ -52,7 +55,16 @@ def pad_rows(x: torch.Tensor, minimum: int = 0) -> torch.Tensor:
     if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or x.dim() != 2:
         return x
     rows = padded_row_count(x.shape[0], minimum)
-    return x if rows == x.shape[0] else torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[0]))
+    if rows == x.shape[0]:
+        return x
+    if x.dtype != torch.float32:
+        return torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[0]))
+    # float32 is padded in the autocast dtype: the copy that pads also converts, where padding and then
+    # autocast's conversion before the product made two passes (the same numbers; differentiable)
+    out = x.new_empty(rows, x.shape[1], dtype=torch.get_autocast_dtype("cpu"))
+    out[x.shape[0]:].zero_()
+    out[:x.shape[0]] = x
+    return out
 
 
 #: Without gradients under CPU autocast (rendering) a network runs on at most this many rows at a time:
@@ -112,17 +124,36 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_KEPT = threading.local()  # per thread: a viewer may render in one thread while another trains
+
+
+@contextlib.contextmanager
+def bfloat16_weights_kept() -> Iterator[None]:
+    """Within this context (in this thread) the fused layers of :func:`run_layers` convert each weight to
+    bfloat16 once and keep it: for work during which no weight changes, such as rendering a frame, which
+    calls each layer once per chunk of rows and round (hundreds of conversions). Outside it every call
+    converts: weights change in ways no version counter sees (the Numba optimizers write through NumPy
+    views, ``.data`` assignments)."""
+    if getattr(_KEPT, "weights", None) is not None:  # nested: the outer context keeps them
+        yield
+        return
+    _KEPT.weights = {}
+    try:
+        yield
+    finally:
+        _KEPT.weights = None
+
+
 def _bfloat16_weight(layer: nn.Linear) -> torch.Tensor:
-    """``layer.weight`` in bfloat16, converted again only when the weight changed: a frame calls each
-    layer once per chunk of rows and round (hundreds of times), a conversion each. Any in-place change
-    (an optimizer step, ``load_state_dict``, EMA weights applied) bumps the tensor's version; a replaced
-    weight is another tensor (the cache holds the one it converted)."""
+    """``layer.weight`` in bfloat16, kept within :func:`bfloat16_weights_kept`."""
+    kept = getattr(_KEPT, "weights", None)
+    if kept is None:
+        return layer.weight.to(torch.bfloat16)
     weight = layer.weight
-    cached = layer.__dict__.get("_ngp_bfloat16_weight")
-    if cached is None or cached[0] is not weight or cached[1] != weight._version:
-        cached = (weight, weight._version, weight.detach().to(torch.bfloat16))
-        layer.__dict__["_ngp_bfloat16_weight"] = cached
-    return cached[2]
+    entry = kept.get(id(weight))
+    if entry is None or entry[0] is not weight:  # the weight is kept with its copy: its id is not reused
+        entry = kept[id(weight)] = (weight, weight.detach().to(torch.bfloat16))
+    return entry[1]
 
 
 class _Lambda(nn.Module):

@@ -24,6 +24,7 @@ import torch
 from ngp.geometry.cameras import Cameras, generate_rays
 from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
+from ngp.networks import bfloat16_weights_kept
 from ngp.ops.nerf import (RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect,
                           render_weight_from_density)
 from ngp.train.precision import native_bfloat16
@@ -352,19 +353,20 @@ class Renderer:
         # encoded once for all rounds (per round it cost a fox frame ~0.1 s of 6)
         dir_features = self.field.direction_features(directions).to(dtype or torch.float32)
         n_samples = 0
-        while (samples := march.next()) is not None:
-            alive = march.alive  # distinct rays: index_add_ adds once per ray, as color[alive] += would
-            trans_alive = trans.index_select(0, alive)
-            if samples.n_samples:
-                sigmas, rgbs = self._shade(samples, dir_features.index_select(0, alive), trans_alive, dtype)
-                out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
-                                samples.ray_offsets, None, s.transmittance_threshold)
-                color.index_add_(0, alive, trans_alive[:, None] * out.color)
-                depth.index_add_(0, alive, trans_alive * out.depth)
-                trans_alive = trans_alive * (1.0 - out.opacity)
-                trans.index_copy_(0, alive, trans_alive)
-                n_samples += samples.n_samples
-            march.advance(trans_alive > s.transmittance_threshold)
+        with bfloat16_weights_kept():  # no weight changes while these rays are rendered
+            while (samples := march.next()) is not None:
+                alive = march.alive  # distinct rays: index_add_ adds once per ray, as color[alive] += would
+                trans_alive = trans.index_select(0, alive)
+                if samples.n_samples:
+                    sigmas, rgbs = self._shade(samples, dir_features.index_select(0, alive), trans_alive, dtype)
+                    out = composite(sigmas, rgbs, samples.t_starts, samples.t_ends, samples.ray_indices,
+                                    samples.ray_offsets, None, s.transmittance_threshold)
+                    color.index_add_(0, alive, trans_alive[:, None] * out.color)
+                    depth.index_add_(0, alive, trans_alive * out.depth)
+                    trans_alive = trans_alive * (1.0 - out.opacity)
+                    trans.index_copy_(0, alive, trans_alive)
+                    n_samples += samples.n_samples
+                march.advance(trans_alive > s.transmittance_threshold)
         background = torch.as_tensor(background, dtype=color.dtype, device=color.device).expand(n_rays, 3)
         return RenderResult(color + trans[:, None] * background, 1.0 - trans, depth, n_samples)
 
