@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ngp.config import ConfigError, otype_of
+from ngp.ops.checks import has_nan
 
 _REGISTRY: dict[str, type["Encoding"]] = {}
 
@@ -126,7 +127,7 @@ class Encoding(Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{type(self).__name__} expects floating-point input, got {x.dtype}")
-        if x.numel() and torch.isnan(x).any():
+        if x.numel() and has_nan(x):
             raise ValueError(f"{type(self).__name__}: input contains NaN coordinates")
 
     def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -194,7 +194,7 @@ class NerfField(nn.Module):
     def normalize(self, positions: torch.Tensor) -> torch.Tensor:
         """``[S, 3]`` world positions -> ``[S, 3]`` in ``[0, 1]^3`` (the aabb's unit cube)."""
         lo, hi = self.aabb[0], self.aabb[1]
-        return ((positions - lo) / (hi - lo)).clamp(0.0, 1.0)
+        return torch.sub(positions, lo).div_(hi - lo).clamp_(0.0, 1.0)  # one new tensor, not three
 
     def _check_positions(self, positions: torch.Tensor) -> None:
         if positions.dim() != 2 or positions.shape[1] != 3:

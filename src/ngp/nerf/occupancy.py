@@ -49,6 +49,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ngp.ops.checks import all_finite
 from ngp.ops.nerf import DEFAULT_STEPS_PER_UNIT, grid_cell_index
 
 __all__ = ["OccupancyGrid", "NERF_MIN_OPTICAL_THICKNESS"]
@@ -308,7 +309,7 @@ class OccupancyGrid(torch.nn.Module):
             raise ValueError(f"density_fn must map [N, 3] positions to [N] densities, got {tuple(sigma.shape)} "
                              f"for N = {positions.shape[0]}")
         sigma = sigma.detach().to(torch.float32)
-        if not torch.isfinite(sigma).all():
+        if not all_finite(sigma):
             raise ValueError("density_fn returned NaN or infinite densities")
         return sigma
 

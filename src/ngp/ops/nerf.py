@@ -46,6 +46,7 @@ import torch
 
 from ngp.kernels.reference import nerf as reference
 from ngp.ops.backend import backend_for
+from ngp.ops.checks import all_finite
 
 __all__ = [
     "RaySamples",
@@ -142,7 +143,7 @@ def _check_rays(origins: torch.Tensor, directions: torch.Tensor) -> None:
         raise ValueError(f"directions must match origins {tuple(origins.shape)}, got {tuple(directions.shape)}")
     if not origins.is_floating_point() or not directions.is_floating_point():
         raise TypeError("origins and directions must be floating-point tensors")
-    if not (torch.isfinite(origins).all() and torch.isfinite(directions).all()):
+    if not (all_finite(origins) and all_finite(directions)):
         raise ValueError("origins/directions contain NaN or infinite values")
 
 
