@@ -102,6 +102,11 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtypes[precision]
 
 
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors)``, without a copy of a single tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
           like: torch.Tensor) -> tuple[RaySamples, torch.Tensor | None]:
     """Packed samples (rays contiguous, front to back) and their features from segments marched one
@@ -115,7 +120,7 @@ def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
     positions, t_starts, t_ends, ray_indices, features = (torch.cat([p[k] for p in parts]) for k in range(5))
     if len(parts) > 1:  # a stable sort by ray keeps each ray's segments in marching order
         ray_indices, order = torch.sort(ray_indices, stable=True)
-        positions, t_starts, t_ends, features = positions[order], t_starts[order], t_ends[order], features[order]
+        positions, t_starts, t_ends, features = (t.index_select(0, order) for t in (positions, t_starts, t_ends, features))
     offsets = torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)
     torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0, out=offsets[1:])
     return RaySamples(positions, empty, empty, t_starts, t_ends, ray_indices, offsets), features
@@ -315,20 +320,25 @@ class Renderer:
         with torch.no_grad():
             while (samples := march.next()) is not None:
                 alive = march.alive
+                log_alive = log_trans.index_select(0, alive)
                 if samples.n_samples:
-                    # in chunks: the MLP's temporaries stay bounded
-                    features = torch.cat([self.field.encode(p) for p in samples.positions.split(1 << 18)])
-                    sigmas = torch.cat([self.field.density_from_features(f) for f in features.split(1 << 18)])
+                    # in chunks: the MLP's temporaries stay bounded (one chunk is not copied by a cat)
+                    features = _cat([self.field.encode(p) for p in samples.positions.split(1 << 18)])
+                    sigmas = _cat([self.field.density_from_features(f) for f in features.split(1 << 18)])
                     tau = (sigmas * (samples.t_ends - samples.t_starts)).double()
                     inclusive = torch.cumsum(tau, 0)
-                    before_segment = torch.cat([inclusive.new_zeros(1), inclusive])[samples.ray_offsets]
-                    before = inclusive - tau - before_segment[samples.ray_indices]  # within the segment
-                    keep = (log_trans[alive][samples.ray_indices] - before) > threshold
-                    parts.append((samples.positions[keep], samples.t_starts[keep], samples.t_ends[keep],
-                                  alive[samples.ray_indices[keep]], features[keep]))
-                    log_trans[alive] -= before_segment[1:] - before_segment[:-1]
+                    before_segment = torch.cat([inclusive.new_zeros(1), inclusive]).index_select(0, samples.ray_offsets)
+                    before = inclusive - tau - before_segment.index_select(0, samples.ray_indices)  # within the segment
+                    # one list of the kept rows, gathered from each tensor (a boolean mask finds them again each time)
+                    keep = ((log_alive.index_select(0, samples.ray_indices) - before) > threshold).nonzero().squeeze(1)
+                    parts.append((samples.positions.index_select(0, keep), samples.t_starts.index_select(0, keep),
+                                  samples.t_ends.index_select(0, keep),
+                                  alive.index_select(0, samples.ray_indices.index_select(0, keep)),
+                                  features.index_select(0, keep)))
+                    log_alive = log_alive - (before_segment[1:] - before_segment[:-1])
+                    log_trans.index_copy_(0, alive, log_alive)
                     n_marched += samples.n_samples
-                march.advance(log_trans[alive] > threshold)
+                march.advance(log_alive > threshold)
         samples, features = _pack(parts, n_rays, origins)
         return samples, features, n_marched
 
