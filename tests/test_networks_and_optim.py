@@ -286,3 +286,21 @@ def test_inference_in_chunks_of_rows_gives_the_same_output(monkeypatch):
     assert torch.equal(chunked, whole) and chunked.shape == (2500, 16)
     assert networks.padded_row_count(452) == 480 and networks.padded_row_count(37) == 37
     assert networks.padded_row_count(37, 256) == 256
+
+
+def test_a_step_of_the_compiled_adam_is_seen_by_autograd():
+    """The Numba Adam writes through NumPy views; the step still counts as an in-place change, so a graph
+    that saved the old weights refuses its backward (as after torch.optim.Adam) instead of mixing them."""
+    from ngp.optim import Adam, _adam_kernel_for
+
+    weight = torch.nn.Parameter(torch.rand(8, 4))
+    assert _adam_kernel_for((weight,) * 4) is cpu_adam.adam_step_
+    optimizer = Adam([weight], lr=1e-2)
+    x = torch.rand(16, 4)
+    (x @ weight.t()).sum().backward()
+    version = weight._version
+    loss = (x.requires_grad_() @ weight.t()).square().sum()  # saves the weight (for x's gradient)
+    optimizer.step()
+    assert weight._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -217,10 +217,15 @@ class Adam(torch.optim.Optimizer):
                         state["param_steps"] = torch.zeros_like(p, dtype=torch.int32)
                 state["step"] += 1
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
-                _adam_kernel_for(tensors)(
+                kernel = _adam_kernel_for(tensors)
+                kernel(
                     *tensors, state["step"], group["lr"] * group["lr_factor"],
                     beta1, beta2, group["eps"], group["l2_reg"], state.get("param_steps"),
                 )
+                if kernel is not reference_adam.adam_step_:
+                    # the compiled kernels write through raw views, unseen by torch: count the change, so
+                    # that autograd refuses a graph that saved the old value (as torch's own optimizers)
+                    torch.autograd.graph.increment_version(p)
 
 
 def _adam_kernel_for(tensors: tuple[torch.Tensor, ...]):

@@ -36,7 +36,9 @@ def test_fit_box_reaches_iou_in_fixed_steps(tmp_path, box_mesh):
                     progress=False)
     loss = load_checkpoint(tmp_path / "run")[1]["loop"]["history"]["loss"]
     assert metrics["steps"] == 60 and len(loss) == 60 and metrics["skipped_steps"] == 0
-    assert loss[-1] < 0.5 * loss[0]
+    # means of ten steps: one step's loss depends on its batch (on an Intel machine the first was 0.146,
+    # the next 0.305, the last 0.080 against 0.069-0.084 for its neighbours: 0.55x the first, 0.35x by means)
+    assert sum(loss[-10:]) < 0.5 * sum(loss[:10])
     with torch.no_grad(), task.optimizer.averaged_weights():
         after = grid_iou(task.model, task.gt, 48)
     assert before < 0.5 < 0.93 < after
