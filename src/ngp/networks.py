@@ -132,8 +132,8 @@ def bfloat16_weights_kept() -> Iterator[None]:
     """Within this context (in this thread) the fused layers of :func:`run_layers` convert each weight to
     bfloat16 once and keep it: for work during which no weight changes, such as rendering a frame, which
     calls each layer once per chunk of rows and round (hundreds of conversions). Outside it every call
-    converts: weights change in ways no version counter sees (the Numba optimizers write through NumPy
-    views, ``.data`` assignments)."""
+    converts: weights change in ways no version counter sees (``.data`` assignments, kernels writing
+    through raw views: this project's Adam bumps the version after its step, others may not)."""
     if getattr(_KEPT, "weights", None) is not None:  # nested: the outer context keeps them
         yield
         return
