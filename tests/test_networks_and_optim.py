@@ -281,6 +281,7 @@ def test_inference_in_chunks_of_rows_gives_the_same_output(monkeypatch):
         sizes.clear()
         small = net(x[:37])
         assert sizes == [networks.PAD_ROWS_MIN] and torch.equal(small, net(x)[:37])  # few rows: padded to the minimum
+        assert net(x[:0]).shape == (0, 16)  # no rows: an empty result
         monkeypatch.setattr(networks, "INFERENCE_CHUNK_ROWS", 1 << 30)
         whole = net(x)
     assert torch.equal(chunked, whole) and chunked.shape == (2500, 16)
