@@ -117,10 +117,11 @@ def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
         return RaySamples(like.new_empty(0, 3), empty, empty, empty, empty,
                           torch.zeros(0, dtype=torch.long, device=like.device),
                           torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)), None
-    positions, t_starts, t_ends, ray_indices, features = (torch.cat([p[k] for p in parts]) for k in range(5))
+    positions, t_starts, t_ends, ray_indices, features = (_cat([p[k] for p in parts]) for k in range(5))
     if len(parts) > 1:  # a stable sort by ray keeps each ray's segments in marching order
         ray_indices, order = torch.sort(ray_indices, stable=True)
-        positions, t_starts, t_ends, features = (t.index_select(0, order) for t in (positions, t_starts, t_ends, features))
+        positions, t_starts, t_ends, features = (t.index_select(0, order)
+                                                 for t in (positions, t_starts, t_ends, features))
     offsets = torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)
     torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0, out=offsets[1:])
     return RaySamples(positions, empty, empty, t_starts, t_ends, ray_indices, offsets), features
