@@ -85,12 +85,39 @@ def test_inference_fuses_linear_and_relu_with_the_same_result(monkeypatch):
                 h = layer(h)
         assert (h > 0).any() and (h < 0).any()  # the ReLUs had work to do
         torch.testing.assert_close(out, h.float(), rtol=0, atol=0)
-        calls.clear()
-        net(x)
-        assert calls == []  # with gradients: plain layers (the fused op has no backward)
+    calls.clear()
     with torch.no_grad():
         net(x)
     assert calls == []  # float32: plain layers
+
+
+@pytest.mark.skipif(ngp.networks._LINEAR_RELU is None, reason="this PyTorch build has no fused oneDNN linear + ReLU")
+def test_training_fuses_linear_and_relu_with_the_same_gradients(monkeypatch):
+    """With gradients under CPU bfloat16 autocast (training) the hidden Linear + ReLU pairs are fused too, and
+    the output and every gradient (weights and input) equal those of the separate product and ReLU."""
+    import ngp.networks as networks
+
+    fused = networks._LINEAR_RELU
+    net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=3)
+    x = torch.rand(3000, 32, generator=torch.Generator().manual_seed(0)) - 0.5
+    g = torch.randn(3000, 16, generator=torch.Generator().manual_seed(1))
+
+    def run(linear_relu):
+        monkeypatch.setattr(networks, "_LINEAR_RELU", linear_relu)
+        xi = x.clone().requires_grad_()
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(xi)
+        (out * g).sum().backward()
+        return [out, xi.grad] + [p.grad.clone() for p in net.parameters()]
+
+    calls = []
+    got = run(lambda *args: calls.append(args[0].shape) or fused(*args))
+    assert calls == [(3072, 32), (3072, 64)]  # both hidden layers fused (rows padded), the output layer not
+    want = run(None)  # the separate product and in-place ReLU
+    assert all(t.abs().sum() > 0 for t in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(ngp.networks._LINEAR_RELU is None, reason="this PyTorch build has no fused oneDNN linear + ReLU")

@@ -102,20 +102,47 @@ def _fused_linear_relu():
 _LINEAR_RELU = _fused_linear_relu()
 
 
+class _LinearReLU(torch.autograd.Function):
+    """``relu(x @ weight.T)`` of bfloat16 ``x [N, k]`` and ``weight [m, k]`` in one oneDNN call, with the
+    backward autograd makes of the separate product and in-place ReLU (the same products, so the same
+    gradients bit for bit): training's forward no longer writes and re-reads each ``[N, 64]`` product
+    for its ReLU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        y = _LINEAR_RELU(x, weight, None, "relu", [], "")
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, y = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)  # ReLU's backward, as autograd's for relu_
+        grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight
+
+
 def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``x`` through ``layers`` in turn; without gradients in CPU bfloat16 autocast (rendering, the NeRF pre-pass), each
-    ``Linear`` followed by a ``ReLU`` runs as one fused oneDNN call, bit for bit the same result: the
-    separate ReLU pass over every ``[N, 64]`` product cost a fox frame 0.26 of 7.3 s (measured).
+    """``x`` through ``layers`` in turn; in CPU bfloat16 autocast each ``Linear`` followed by a ``ReLU``
+    runs as one fused oneDNN call, bit for bit the same result (and, with gradients, the same gradients:
+    :class:`_LinearReLU`): the separate ReLU pass over every ``[N, 64]`` product cost a fox frame 0.26 of
+    7.3 s, and a late lego training step's forward 14.4 of 124 ms against 9.6 ms fused (measured).
     """
     modules = list(layers)
-    fuse = (_LINEAR_RELU is not None and not torch.is_grad_enabled() and x.device.type == "cpu"
+    fuse = (_LINEAR_RELU is not None and x.device.type == "cpu"
             and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    grad = torch.is_grad_enabled()
     i = 0
     while i < len(modules):
         layer = modules[i]
         fusable = (fuse and isinstance(layer, nn.Linear) and layer.bias is None and i + 1 < len(modules)
                    and isinstance(modules[i + 1], nn.ReLU))
-        if fusable:
+        if fusable and grad:
+            # the casts autocast's product would make, left to autograd (their backward converts the gradients)
+            x = _LinearReLU.apply(x.to(torch.bfloat16), layer.weight.to(torch.bfloat16))
+            i += 2
+        elif fusable:
             x = _LINEAR_RELU(x.to(torch.bfloat16), _bfloat16_weight(layer), None, "relu", [], "")
             i += 2
         else:
