@@ -69,3 +69,33 @@ def test_given_features_of_the_wrong_shape_are_refused():
     table = torch.rand(LAYOUT.n_rows, 2, requires_grad=True)
     with pytest.raises(ValueError, match="features must be"):
         hash_grid_encode_given(torch.rand(10, 3), table, LAYOUT, torch.rand(9, LAYOUT.n_output_dims))
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_given_rounded_features_pass_their_gradient_through(monkeypatch, backend):
+    """Features rounded to bfloat16 (hash_grid_encode_as, NeRF's pre-pass under bfloat16 autocast) are
+    returned as they are, and their gradients are those of the float encoding rounded by a cast (autocast's)."""
+    from ngp.ops.hashgrid import hash_grid_encode_as
+
+    monkeypatch.setenv("NGP_BACKEND", backend)
+    g = torch.Generator().manual_seed(1)
+    table = (torch.rand(LAYOUT.n_rows, 2, generator=g) * 2 - 1).requires_grad_()
+    x = torch.rand(40, 3, generator=g).requires_grad_()
+    grad_out = torch.randn(40, LAYOUT.n_output_dims, generator=g).to(torch.bfloat16)
+    cast = hash_grid_encode(x, table, LAYOUT).to(torch.bfloat16)
+    cast.backward(grad_out)
+    want = (cast.detach(), table.grad.clone(), x.grad.clone())
+    table.grad, x.grad = None, None
+    rounded = hash_grid_encode_as(x, table, LAYOUT, torch.bfloat16)
+    out = hash_grid_encode_given(x, table, LAYOUT, rounded)
+    assert out.dtype == torch.bfloat16
+    out.backward(grad_out)
+    for a, b in zip(want, (out.detach(), table.grad, x.grad)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert table.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+
+
+def test_given_features_of_an_unrelated_dtype_are_refused():
+    table = torch.rand(LAYOUT.n_rows, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="features must be"):
+        hash_grid_encode_given(torch.rand(10, 3), table, LAYOUT, torch.zeros(10, LAYOUT.n_output_dims, dtype=torch.int16))

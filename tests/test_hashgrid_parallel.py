@@ -64,10 +64,10 @@ def kernel_calls(monkeypatch):
     for name in ("_backward_table_2d", "_backward_table_3d"):
         kernel = getattr(cpu, name)
 
-        def spy(x, grads, meta, scales, interp, schedule, grad_table, _kernel=kernel, _name=name):
+        def spy(x, grads, meta, scales, interp, schedule, *tables, _kernel=kernel, _name=name):
             busy = int((schedule >= 0).any(axis=1).sum())  # workers that own at least one level
             calls.append((_name, numba.get_num_threads(), busy))
-            return _kernel(x, grads, meta, scales, interp, schedule, grad_table)
+            return _kernel(x, grads, meta, scales, interp, schedule, *tables)
 
         monkeypatch.setattr(cpu, name, spy)
     return calls

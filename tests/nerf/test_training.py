@@ -194,6 +194,12 @@ def test_segment_marching_keeps_the_samples_in_front_of_surfaces(trained, scene)
     theirs = torch.cat([whole.positions[keep][(whole.ray_indices[keep] == i)] for i in rays])
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
     torch.testing.assert_close(features, task.model.encode(samples.positions))
+    # under CPU bfloat16 autocast (training's precision there) the features come rounded to bfloat16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded, rounded_features, _ = r.march_in_front(o, d, schedule=FixedSegments((8,)))
+    assert rounded_features.dtype == torch.bfloat16 and rounded.n_samples > 0.99 * samples.n_samples
+    torch.testing.assert_close(rounded_features, task.model.encode(rounded.positions).to(torch.bfloat16),
+                               rtol=0, atol=0)
 
 
 def test_bfloat16_rendering_matches_float32(trained, scene):

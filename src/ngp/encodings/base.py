@@ -134,7 +134,8 @@ class Encoding(Module):
         """``self(x)`` when ``features`` already holds its value (computed by this module, with these
         parameters, e.g. without gradients): equal to ``features``, differentiable as ``self(x)``.
 
-        The hash grids skip their forward kernel (NeRF training reuses its density pre-pass this way);
+        The hash grids skip their forward kernel (NeRF training reuses its density pre-pass this way),
+        also for features :meth:`forward_as` rounded to a narrower float, which they return as they are;
         every other encoding recomputes ``self(x)``.
         """
         return self(x)

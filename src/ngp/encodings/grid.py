@@ -308,8 +308,10 @@ class Grid(Encoding):
                                    self.storage_dtype)
 
     def forward_given(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """See :meth:`Encoding.forward_given`: the grid runs only its backward kernel on these features."""
-        if not self._plain() or features.dtype != self.table.dtype or self.dtype == torch.float16:
+        """See :meth:`Encoding.forward_given`: the grid runs only its backward kernel on these features (also
+        on features :meth:`forward_as` rounded, which it returns as they are)."""
+        rounded = features.dtype.itemsize < self.table.dtype.itemsize
+        if not self._plain() or not (features.dtype == self.table.dtype or rounded) or self.dtype == torch.float16:
             return self(x)
         self.check_input(x)
         return hash_grid_encode_given(x.to(self.table.dtype), self.table, self.layout, features, self.interpolation,

@@ -200,10 +200,12 @@ class NerfField(nn.Module):
         if positions.dim() != 2 or positions.shape[1] != 3:
             raise ValueError(f"positions must be [S, 3], got {list(positions.shape)}")
 
-    def encode(self, positions: torch.Tensor) -> torch.Tensor:
-        """``[S, 3]`` world positions -> ``[S, n]`` position features (the hash grid's output)."""
+    def encode(self, positions: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[S, 3]`` world positions -> ``[S, n]`` position features (the hash grid's output); with
+        ``dtype``, without gradients, rounded to it as they are written (:meth:`Encoding.forward_as`)."""
         self._check_positions(positions)
-        return self.encoding(self.normalize(positions))
+        x = self.normalize(positions)
+        return self.encoding(x) if dtype is None else self.encoding.forward_as(x, dtype)
 
     def geometry(self, positions: torch.Tensor, features: torch.Tensor | None = None,
                  dtype: torch.dtype | None = None) -> torch.Tensor:

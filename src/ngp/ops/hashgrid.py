@@ -236,7 +236,9 @@ class _GivenFeatures(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_x, grad_table, *_ = _backward(ctx, grad_out)
+        x, _ = ctx.saved_tensors
+        # rounded features (bfloat16): their gradient is the float one's (rounding passes it straight through)
+        grad_x, grad_table, *_ = _backward(ctx, grad_out.to(x.dtype))
         return grad_x, grad_table, None, None, None, None, None, None, None, None
 
 
@@ -256,7 +258,10 @@ def hash_grid_encode_given(
     field, with gradients, on the samples in front of the surfaces; handing the pre-pass's features
     over saves the second encoding of those samples. ``features`` is trusted to be the encoding of
     ``x``; if the table changed in between, the gradients belong to the new table and the values to the
-    old. On the reference backend the encoding is recomputed (the definition, differentiable twice).
+    old. ``features`` may also be rounded to a narrower float (:func:`hash_grid_encode_as`'s bfloat16):
+    the result is then those rounded values, and their gradient reaches the table as a float one would
+    (the rounding's derivative taken as one, as autocast's casts do). On the reference backend the
+    encoding is recomputed (the definition, differentiable twice) and rounded likewise.
 
     Example::
 
@@ -266,12 +271,13 @@ def hash_grid_encode_given(
         >>> y.sum().backward()                                                  # table.grad as usual
     """
     _validate(x, table, layout, interpolation)
-    if features.shape != (x.shape[0], layout.n_output_dims) or features.dtype != x.dtype:
-        raise ValueError(f"features must be [{x.shape[0]}, {layout.n_output_dims}] {x.dtype} (the encoding of x), "
-                         f"got {list(features.shape)} {features.dtype}")
+    rounded = features.dtype.is_floating_point and features.dtype.itemsize < x.dtype.itemsize
+    if features.shape != (x.shape[0], layout.n_output_dims) or not (features.dtype == x.dtype or rounded):
+        raise ValueError(f"features must be [{x.shape[0]}, {layout.n_output_dims}] {x.dtype} (the encoding of x, "
+                         f"or a narrower float: it rounded), got {list(features.shape)} {features.dtype}")
     storage = storage_dtype_for(table, storage_dtype)
     if backend_for(x.device) == "reference" or x.shape[0] == 0:
-        return hash_grid_encode(x, table, layout, interpolation, storage_dtype)
+        return hash_grid_encode(x, table, layout, interpolation, storage_dtype).to(features.dtype)
     return _GivenFeatures.apply(x, table, features, *_op_args(layout, interpolation, storage))
 
 

@@ -332,11 +332,12 @@ def _store(out, n, column, value):
 
 def _pairs(table: np.ndarray) -> np.ndarray:
     """A ``[rows, 2]`` table's rows as one complex number each (a view: ``[rows]`` complex64 for float32),
-    for :func:`_pair_sum`; an empty array for other feature counts (the kernels then read ``table``)."""
+    for :func:`_pair_sum` and :func:`_pair_add`; an empty array for other feature counts and for a table
+    that is not C-contiguous (no view of it exists: the kernels then take their general loops)."""
     complex_dtype = np.complex64 if table.dtype == np.float32 else np.complex128
-    if table.shape[1] != 2:
+    if table.shape[1] != 2 or not table.flags.c_contiguous:
         return np.empty(0, complex_dtype)
-    return np.ascontiguousarray(table).view(complex_dtype).reshape(-1)
+    return table.view(complex_dtype).reshape(-1)
 
 
 @njit(**_JIT)
@@ -355,6 +356,15 @@ def _pair_sum(pairs, rows, weights, i, corners):
     return a, b
 
 
+@njit(**_JIT)
+def _pair_add(pairs, row, w, g0, g1):
+    """``table[row] += w * (g0, g1)`` through :func:`_pairs`' view: one 8-byte load and store per corner
+    where two ``table[row, f] += ...`` made two of each; the same sums, bit for bit. The table gradient
+    measured 1.04x (65k training points per call, 3-D, alternating in one process)."""
+    z = pairs[row]
+    pairs[row] = complex(z.real + w * g0, z.imag + w * g1)  # complex64 holds the float32 sums exactly
+
+
 @njit(parallel=True, **_JIT)
 def _forward_2d(x, table, pairs, meta, scales, interp, out, n_chunks):
     n_features = table.shape[1]
@@ -371,7 +381,7 @@ def _forward_2d(x, table, pairs, meta, scales, interp, out, n_chunks):
                     _block_rows2(xt, first, count, scale, res, lv, rows)  # vectorised
                     _block_weights2(xt, first, count, scale, interp, weights)  # vectorised
                     _prefetch_first(table, rows, count, 4)
-                    if n_features == 2:  # the common case: a constant trip count, unrolled
+                    if pairs.shape[0]:  # F == 2, the common case: a constant trip count, unrolled
                         for i in range(count):
                             _prefetch_ahead(table, rows, i, count, 4)
                             a, b = _pair_sum(pairs, rows, weights, i, 4)
@@ -551,7 +561,7 @@ def _forward_3d(x, table, pairs, meta, scales, interp, out, n_chunks):
                     _block_rows3(xt, first, count, scale, res, lv, rows)  # vectorised
                     _block_weights3(xt, first, count, scale, interp, weights)  # vectorised
                     _prefetch_first(table, rows, count, 8)
-                    if n_features == 2:  # the common case: a constant trip count, unrolled (measured 1.2x)
+                    if pairs.shape[0]:  # F == 2, the common case: a constant trip count, unrolled (measured 1.2x)
                         for i in range(count):
                             _prefetch_ahead(table, rows, i, count, 8)
                             a, b = _pair_sum(pairs, rows, weights, i, 8)
@@ -565,7 +575,7 @@ def _forward_3d(x, table, pairs, meta, scales, interp, out, n_chunks):
 
 
 @njit(parallel=True, **_JIT)
-def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table):
+def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table, grad_pairs):
     xt = np.ascontiguousarray(x.T)  # [2, N]: the staging loops read each axis contiguously
     for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
         rows, weights = np.empty((4, STAGE_BLOCK), np.int64), np.empty((4, STAGE_BLOCK), x.dtype)
@@ -578,13 +588,11 @@ def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table):
                 count = min(STAGE_BLOCK, x.shape[0] - first)
                 _block_rows2(xt, first, count, scale, res, lv, rows)
                 _block_weights2(xt, first, count, scale, interp, weights)
-                if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
+                if g.shape[1] == 2 and grad_pairs.shape[0]:  # the common case: the gradient loaded once
                     for i in range(count):
                         g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(4):
-                            r, w = rows[k, i], weights[k, i]  # once: the stores below could alias them
-                            grad_table[r, 0] += w * g0
-                            grad_table[r, 1] += w * g1
+                            _pair_add(grad_pairs, rows[k, i], weights[k, i], g0, g1)
                 else:
                     for i in range(count):
                         for f in range(g.shape[1]):
@@ -593,7 +601,7 @@ def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table):
 
 
 @njit(parallel=True, **_JIT)
-def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table):
+def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table, grad_pairs):
     xt = np.ascontiguousarray(x.T)  # [3, N]: the staging loops read each axis contiguously
     for worker in prange(schedule.shape[0]):  # each worker owns whole levels: no write conflicts
         rows, weights = np.empty((8, STAGE_BLOCK), np.int64), np.empty((8, STAGE_BLOCK), x.dtype)
@@ -606,13 +614,11 @@ def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table):
                 count = min(STAGE_BLOCK, x.shape[0] - first)
                 _block_rows3(xt, first, count, scale, res, lv, rows)
                 _block_weights3(xt, first, count, scale, interp, weights)
-                if g.shape[1] == 2:  # the common case: load the gradient once, no inner loop
+                if g.shape[1] == 2 and grad_pairs.shape[0]:  # the common case: the gradient loaded once
                     for i in range(count):
                         g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(8):
-                            r, w = rows[k, i], weights[k, i]  # once: the stores below could alias them
-                            grad_table[r, 0] += w * g0
-                            grad_table[r, 1] += w * g1
+                            _pair_add(grad_pairs, rows[k, i], weights[k, i], g0, g1)
                 else:
                     for i in range(count):
                         for f in range(g.shape[1]):
@@ -909,9 +915,9 @@ def table_grad(x, grad_out, meta, scales, interp, grad_table, grads=None, hashin
     with _threads_for(x.shape[0]):
         schedule = level_schedule(meta, grad_table.shape[1] * grad_table.itemsize, nb.get_num_threads())
         if d == 3:
-            _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table)
+            _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table, _pairs(grad_table))
         elif d == 2:
-            _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table)
+            _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table, _pairs(grad_table))
         else:
             _backward_table_nd(x, grads, meta, scales, interp, schedule, grad_table, x.shape[1], hashing)
 
