@@ -98,4 +98,5 @@ def test_given_rounded_features_pass_their_gradient_through(monkeypatch, backend
 def test_given_features_of_an_unrelated_dtype_are_refused():
     table = torch.rand(LAYOUT.n_rows, 2, requires_grad=True)
     with pytest.raises(ValueError, match="features must be"):
-        hash_grid_encode_given(torch.rand(10, 3), table, LAYOUT, torch.zeros(10, LAYOUT.n_output_dims, dtype=torch.int16))
+        features = torch.zeros(10, LAYOUT.n_output_dims, dtype=torch.int16)
+        hash_grid_encode_given(torch.rand(10, 3), table, LAYOUT, features)

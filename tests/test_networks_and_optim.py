@@ -95,7 +95,7 @@ def test_inference_fuses_linear_and_relu_with_the_same_result(monkeypatch):
 def test_training_fuses_linear_and_relu_with_the_same_gradients(monkeypatch):
     """With gradients under CPU bfloat16 autocast (training) the hidden Linear + ReLU pairs are fused too, and
     the output and every gradient (weights and input) equal those of the separate product and ReLU."""
-    import ngp.networks as networks
+    from ngp import networks
 
     fused = networks._LINEAR_RELU
     net = ngp.Network(32, 16, {"otype": "FullyFusedMLP", "n_neurons": 64, "n_hidden_layers": 2}, seed=3)
