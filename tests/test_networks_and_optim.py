@@ -258,6 +258,35 @@ def test_ema_weights_are_the_bias_corrected_average():
     assert torch.equal(weight.detach(), live)
 
 
+
+def test_ema_of_the_tables_moves_within_adams_pass(monkeypatch):
+    """The hash table's average takes its EMA step inside the Numba Adam pass (one read of the table less):
+    every weight's average is the one the separate EMA update gives, and the table's went through Adam."""
+    from ngp.optim import ExponentialMovingAverage
+
+    def run(fused: bool):
+        torch.manual_seed(0)
+        model, opt = model_and_optimizer({"otype": "Ema", "decay": 0.9, "nested": {"otype": "Adam"}})
+        if not fused:
+            monkeypatch.setattr(ExponentialMovingAverage, "targets", lambda self: {})
+        calls = []
+        kernel = cpu_adam.adam_step_
+        monkeypatch.setattr(cpu_adam, "adam_step_", lambda *a, **k: calls.append("average" in k) or kernel(*a, **k))
+        x = torch.rand(64, 2, generator=torch.Generator().manual_seed(1))
+        for _ in range(4):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+        monkeypatch.undo()
+        return [avg.clone() for avg in opt.ema.averages], calls
+
+    fused, fused_calls = run(True)
+    separate, separate_calls = run(False)
+    assert any(fused_calls) and not any(separate_calls)  # the table (sparse) fused, the MLP weights not
+    assert all(avg.abs().sum() > 0 for avg in separate)
+    for a, b in zip(fused, separate):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
 def test_training_reduces_loss():
     model, opt = model_and_optimizer({"otype": "Adam", "learning_rate": 1e-2})
     x = torch.rand(2048, 2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -202,7 +202,13 @@ class Adam(torch.optim.Optimizer):
                 state["param_steps"] = state["param_steps"].round().to(torch.int32)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, averages: Mapping[int, torch.Tensor] | None = None,
+             average_weight: float = 0.0) -> set[int]:
+        """One Adam step. ``averages`` (``id(param)`` -> its EMA tensor, see
+        :meth:`ExponentialMovingAverage.targets`): where the Numba kernel updates a sparse parameter it moves
+        that average by ``average_weight`` in the same pass; returns the ids of the parameters so averaged
+        (the EMA then leaves them alone)."""
+        averaged = set()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -218,14 +224,21 @@ class Adam(torch.optim.Optimizer):
                 state["step"] += 1
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
                 kernel = _adam_kernel_for(tensors)
+                fused = {}
+                average = (averages or {}).get(id(p))
+                if (average is not None and kernel is cpu_adam.adam_step_ and "param_steps" in state
+                        and cpu_adam.supports(p, average) and average.dtype == p.dtype):
+                    fused = {"average": average, "average_weight": average_weight}
+                    averaged.add(id(p))
                 kernel(
                     *tensors, state["step"], group["lr"] * group["lr_factor"],
-                    beta1, beta2, group["eps"], group["l2_reg"], state.get("param_steps"),
+                    beta1, beta2, group["eps"], group["l2_reg"], state.get("param_steps"), **fused,
                 )
                 if kernel is not reference_adam.adam_step_:
                     # the compiled kernels write through raw views, unseen by torch: count the change, so
                     # that autograd refuses a graph that saved the old value (as torch's own optimizers)
                     torch.autograd.graph.increment_version(p)
+        return averaged
 
 
 def _adam_kernel_for(tensors: tuple[torch.Tensor, ...]):
@@ -279,10 +292,23 @@ class ExponentialMovingAverage:
         self.averages = [torch.zeros_like(p) for p in params]
         self.n_updates = 0
 
+    @property
+    def weight(self) -> float:
+        """How far one update moves an average towards its parameter (``1 - decay``)."""
+        return 1.0 - self.decay
+
+    def targets(self) -> dict[int, torch.Tensor]:
+        """``id(param)`` -> its average, for an optimizer step that moves them itself (:meth:`Adam.step`)."""
+        return {id(p): avg for p, avg in zip(self.params, self.averages)}
+
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, done: Collection[int] = ()) -> None:
+        """One step of every average, except those of the parameters in ``done`` (ids), which the
+        optimizer's step already moved."""
         self.n_updates += 1
-        torch._foreach_lerp_(self.averages, [p.detach() for p in self.params], 1.0 - self.decay)
+        rest = [(avg, p) for p, avg in zip(self.params, self.averages) if id(p) not in done]
+        if rest:
+            torch._foreach_lerp_([avg for avg, _ in rest], [p.detach() for _, p in rest], self.weight)
 
     @torch.no_grad()
     def copy_to(self) -> None:
@@ -353,9 +379,13 @@ class Optimizer:
     def step(self) -> None:
         for group in self.adam.param_groups:
             group["lr"] = self.learning_rate
-        self.adam.step()
-        if self.ema is not None:
-            self.ema.update()
+        if self.ema is not None and isinstance(self.adam, Adam):
+            # the tables' averages move in Adam's own pass over them (one read of the table less)
+            self.ema.update(done=self.adam.step(averages=self.ema.targets(), average_weight=self.ema.weight))
+        else:
+            self.adam.step()
+            if self.ema is not None:
+                self.ema.update()
         self.n_steps += 1
 
     def averaged_weights(self):
