@@ -286,6 +286,10 @@ def test_ema_of_the_tables_moves_within_adams_pass(monkeypatch):
     assert all(avg.abs().sum() > 0 for avg in separate)
     for a, b in zip(fused, separate):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    weight = torch.zeros(4)
+    with pytest.raises(ValueError, match="sparse step"):  # the dense step would leave the average alone
+        cpu_adam.adam_step_(weight, torch.ones(4), torch.zeros(4), torch.zeros(4), 1, 0.1, 0.9, 0.99, 1e-15, 0.0,
+                            average=torch.zeros(4), average_weight=0.1)
 
 def test_training_reduces_loss():
     model, opt = model_and_optimizer({"otype": "Adam", "learning_rate": 1e-2})

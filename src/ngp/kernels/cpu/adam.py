@@ -60,6 +60,8 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, l2
     :class:`ngp.optim.ExponentialMovingAverage` does after the step), in the same pass: the separate
     ``torch._foreach_lerp_`` read the table again (12.2 M entries: 13.5 -> 11.7 ms for both, measured).
     """
+    if average is not None and param_steps is None:
+        raise ValueError("adam_step_: an average is moved only by the sparse step (with param_steps)")
     views = [t.detach().view(-1).numpy() for t in (param, grad, exp_avg, exp_avg_sq)]
     if param_steps is None:
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
