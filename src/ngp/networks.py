@@ -123,6 +123,13 @@ class _LinearReLU(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+def cpu_bfloat16_autocast(x: torch.Tensor) -> bool:
+    """Whether work on ``x`` runs under CPU autocast in bfloat16 (training's and rendering's precision on
+    CPUs with bfloat16 instructions), where the kernels may hand on bfloat16 results directly."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """``x`` through ``layers`` in turn; in CPU bfloat16 autocast each ``Linear`` followed by a ``ReLU``
     runs as one fused oneDNN call, bit for bit the same result (and, with gradients, the same gradients:
@@ -130,8 +137,7 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     7.3 s, and a late lego training step's forward 14.4 of 124 ms against 9.6 ms fused (measured).
     """
     modules = list(layers)
-    fuse = (_LINEAR_RELU is not None and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    fuse = _LINEAR_RELU is not None and cpu_bfloat16_autocast(x)
     grad = torch.is_grad_enabled()
     i = 0
     while i < len(modules):

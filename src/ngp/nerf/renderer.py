@@ -24,7 +24,7 @@ import torch
 from ngp.geometry.cameras import Cameras, generate_rays
 from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
-from ngp.networks import bfloat16_weights_kept
+from ngp.networks import bfloat16_weights_kept, cpu_bfloat16_autocast
 from ngp.ops.nerf import (RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect,
                           render_weight_from_density)
 from ngp.train.precision import native_bfloat16
@@ -320,8 +320,7 @@ class Renderer:
         # Under CPU bfloat16 autocast the features are kept in bfloat16, as the density network's first
         # product (and the training forward's, which takes them over) rounds them: half the bytes to
         # write, gather and sort, no conversions, the same training bit for bit.
-        rounded = (torch.bfloat16 if origins.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                   and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None)
+        rounded = torch.bfloat16 if cpu_bfloat16_autocast(origins) else None
         parts, n_marched = [], 0
         with torch.no_grad():
             while (samples := march.next()) is not None:

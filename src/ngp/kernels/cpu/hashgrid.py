@@ -588,7 +588,7 @@ def _backward_table_2d(x, grads, meta, scales, interp, schedule, grad_table, gra
                 count = min(STAGE_BLOCK, x.shape[0] - first)
                 _block_rows2(xt, first, count, scale, res, lv, rows)
                 _block_weights2(xt, first, count, scale, interp, weights)
-                if g.shape[1] == 2 and grad_pairs.shape[0]:  # the common case: the gradient loaded once
+                if grad_pairs.shape[0]:  # F == 2, the common case: the gradient loaded once
                     for i in range(count):
                         g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(4):
@@ -614,7 +614,7 @@ def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table, gra
                 count = min(STAGE_BLOCK, x.shape[0] - first)
                 _block_rows3(xt, first, count, scale, res, lv, rows)
                 _block_weights3(xt, first, count, scale, interp, weights)
-                if g.shape[1] == 2 and grad_pairs.shape[0]:  # the common case: the gradient loaded once
+                if grad_pairs.shape[0]:  # F == 2, the common case: the gradient loaded once
                     for i in range(count):
                         g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(8):
