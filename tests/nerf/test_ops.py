@@ -460,6 +460,35 @@ def test_march_numba_skipping_far_empty_space_matches_reference_exactly(aabb_sca
                                        max_samples=400, at_least=500)
 
 
+def test_skip_sizes_are_the_largest_empty_cubes_towards_each_octant():
+    """Each block's skip size for an octant is the side of the largest cube of obstacle-free blocks that
+    has the block as its corner and extends that way (blocks outside the grid count as free), at most
+    the cap: what the marcher may jump across. Brute force over every block and octant of a small grid."""
+    import numpy as np
+
+    n, cap = 6, 5
+    g = torch.Generator().manual_seed(3)
+    obstacle = (torch.rand(2, n ** 3, generator=g) < 0.15).to(torch.uint8).numpy()
+    out = np.empty((2, 8, n ** 3), np.uint8)
+    cpu._forward_cubes(obstacle, n, cap, out)
+    grid = obstacle.reshape(2, n, n, n)
+    for c in range(2):
+        for o in range(8):
+            signs = [-1 if o & bit else 1 for bit in (4, 2, 1)]
+            for x in range(n):
+                for y in range(n):
+                    for z in range(n):
+                        side = 0
+                        while side < cap:  # grow the cube while the next one is free
+                            bounds = [range(max(p - side, 0), p + 1) if sg < 0 else range(p, min(p + side + 1, n))
+                                      for p, sg in zip((x, y, z), signs)]
+                            if grid[c][np.ix_(*bounds)].any():
+                                break
+                            side += 1
+                        assert out[c, o, (x * n + y) * n + z] == side, (c, o, x, y, z)
+    assert out.max() == cap and (out == 0).sum() == 8 * obstacle.sum()
+
+
 def test_march_without_per_sample_directions_leaves_them_empty(backend):
     grid = OccupancyGrid(aabb=UNIT, resolution=16)
     o, d = _rays(64, 13)

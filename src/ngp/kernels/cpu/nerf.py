@@ -113,8 +113,9 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
     = -1 when there are more runs than room) so that the fill pass needs no second march.
 
     Empty space is skipped cell by cell as instant-ngp does, and additionally in cubes of
-    ``block^3``-cell blocks: ``blocks`` holds each block's skip radius ``k`` (:func:`_skip_radii`),
-    and an empty block's ray jumps to the exit of the ``(2k - 1)^3`` empty blocks around it. Such a
+    ``block^3``-cell blocks: ``blocks[cascade, octant]`` holds each block's skip size ``k``
+    (:func:`_skip_sizes`) for rays moving towards ``octant`` (the signs of the direction), and a ray in
+    an empty block jumps to the exit of the ``k^3`` empty blocks that extend from it that way. Such a
     jump lands on exactly the lattice point the cell-by-cell skips would reach (every lattice point
     inside the cube is in an empty cell of the same cascade, and the cube is convex), so the samples
     are the same; with cone stepping a cube (else the block alone) is only skipped when the step
@@ -124,6 +125,9 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
     """
     n_cascades = occupied.shape[0]
     n_blocks = resolution // block
+    # the octant the ray moves towards (bit 2: -x, 1: -y, 0: -z), as _forward_cubes numbers them
+    octant = (4 if directions[r, 0] < 0.0 else 0) + (2 if directions[r, 1] < 0.0 else 0) + \
+        (1 if directions[r, 2] < 0.0 else 0)
     room = run_start.shape[1]
     inv_base = 1.0 / base_size  # the reference multiplies by the same reciprocals
     dt_scale = 2.0 * resolution / base_size
@@ -187,7 +191,7 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
             k = 1  # outside the grid: the block the position would be in
             if inside:
                 bx, by, bz = int(ix) // block, int(iy) // block, int(iz) // block
-                k = blocks[mip, (bx * n_blocks + by) * n_blocks + bz]
+                k = blocks[mip, octant, (bx * n_blocks + by) * n_blocks + bz]
             size = cell * block
             inv_block = 1.0 / block  # a power of two: exact
             while k > 0:
@@ -271,50 +275,48 @@ def _block_occupancy(occupied, resolution, block, out):
                 out[c, (bx * n_blocks + by) * n_blocks + bz] = any_occupied
 
 
-#: The 13 neighbours (dx, dy, dz) that come before a block in raster order (the backward sweep
-#: uses their negatives).
-_EARLIER = np.array([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
-                     if dx * 9 + dy * 3 + dz < 0], np.int64)
-
-
 @njit(**_EXACT)
-def _chessboard_distance(obstacle, n, cap, earlier, out):
-    """``out[c, (x * n + y) * n + z]`` = L-infinity distance, in blocks, from each block of cascade ``c``
-    (an ``n^3`` grid) to the nearest ``obstacle`` block, at most ``cap`` (0 on obstacles). Two raster
-    passes over the 26-neighbourhood with unit weights, which is exact for this metric (Rosenfeld and
-    Pfaltz's chamfer distance): O(blocks), where growing the obstacles a block at a time is
-    O(blocks * radius)."""
-    for c in prange(obstacle.shape[0]):
-        d = out[c]
-        for i in range(n * n * n):
-            d[i] = 0 if obstacle[c, i] else cap
-        for sign in (1, -1):  # forward over the neighbours before each block, then backward
-            for a in range(n):
-                x = a if sign == 1 else n - 1 - a
-                for b in range(n):
-                    y = b if sign == 1 else n - 1 - b
-                    for e in range(n):
-                        z = e if sign == 1 else n - 1 - e
-                        i = (x * n + y) * n + z
-                        best = d[i]
-                        if best == 0:
-                            continue
-                        for j in range(earlier.shape[0]):
-                            xx = x + sign * earlier[j, 0]
-                            yy = y + sign * earlier[j, 1]
-                            zz = z + sign * earlier[j, 2]
-                            if 0 <= xx < n and 0 <= yy < n and 0 <= zz < n:
-                                best = min(best, d[(xx * n + yy) * n + zz] + 1)
-                        d[i] = best
+def _forward_cubes(obstacle, n, cap, out):
+    """``out[c, o, (x * n + y) * n + z]`` = side, in blocks, of the largest cube of blocks free of
+    ``obstacle`` that has block (x, y, z) of cascade ``c`` (an ``n^3`` grid) as its corner and extends
+    towards octant ``o`` (bit 2: towards -x, bit 1: -y, bit 0: -z; else +), at most ``cap``; 0 on
+    obstacles; blocks outside the grid count as free. The three-dimensional "largest square" recursion,
+    one sweep per octant from its far corner: a cube of side s at a block is the block and the cubes of
+    side s - 1 at its 7 neighbours towards the octant."""
+    for co in prange(obstacle.shape[0] * 8):
+        c, o = co // 8, co % 8
+        flip_x, flip_y, flip_z = o & 4, o & 2, o & 1
+        # the sweep runs in coordinates flipped so that the octant is +x+y+z, over a grid padded with a
+        # layer of free blocks on the far faces: the 7 neighbours need no bounds checks
+        w = np.full((n + 1, n + 1, n + 1), cap, np.uint8)
+        for u in range(n - 1, -1, -1):
+            x = n - 1 - u if flip_x else u
+            for v in range(n - 1, -1, -1):
+                y = n - 1 - v if flip_y else v
+                row = (x * n + y) * n
+                for q in range(n - 1, -1, -1):
+                    z = n - 1 - q if flip_z else q
+                    if obstacle[c, row + z]:
+                        w[u, v, q] = 0
+                    else:
+                        ahead = min(min(min(w[u + 1, v, q], w[u, v + 1, q]), min(w[u, v, q + 1], w[u + 1, v + 1, q])),
+                                    min(min(w[u + 1, v, q + 1], w[u, v + 1, q + 1]), w[u + 1, v + 1, q + 1]))
+                        w[u, v, q] = min(cap, 1 + np.int32(ahead))
+                    out[c, o, row + z] = w[u, v, q]
 
 
-def _skip_radii(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
-    """Per block (``[C, n_blocks^3]``, from :func:`_block_occupancy`), how far the marcher may skip:
-    0 for an occupied block, else ``k`` such that the ``(2k - 1)^3`` blocks centred on it hold no
-    occupied cell (the L-infinity distance, in blocks, to the nearest block the marcher must not skip,
-    at most 255). In cascades above the first, the inner cascade's box (the middle half of each axis)
-    is looked up in that cascade, so its blocks count as not skippable for their neighbours and get at
-    most 1 (themselves) when empty."""
+def _skip_sizes(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Per block and octant of directions (``[C, 8, n_blocks^3]``, from :func:`_block_occupancy`'s
+    ``[C, n_blocks^3]``), how far the marcher may skip: 0 for an occupied block, else the side ``k`` of
+    the largest cube of empty blocks with this block as its corner towards the octant a ray moves in
+    (:func:`_forward_cubes`, at most 255). A ray enters the block going that way, so it crosses the cube
+    and may jump to its far faces. The cube the block centred before (the largest with empty blocks
+    around it on every side) reached about half as far ahead: a lego frame's march took 0.35 s with
+    it, 0.21 s with these (fox 1.19 -> 1.13 s, its rays mostly in occupied cells); building these
+    costs 3.3 instead of 4.6 ms for lego's 64^3 blocks, 10 instead of 8 ms for fox's three cascades
+    (measured, 2 cores). In cascades above the first, the inner cascade's box (the middle
+    half of each axis) is looked up in that cascade, so its blocks count as not skippable for their
+    neighbours and get at most 1 (themselves) when empty."""
     n_cascades = any_occupied.shape[0]
     occupied = any_occupied.reshape(n_cascades, n_blocks, n_blocks, n_blocks) != 0
     inner = np.zeros_like(occupied)
@@ -322,11 +324,11 @@ def _skip_radii(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
     if n_cascades > 1 and q > 0:
         inner[1:, q:3 * q, q:3 * q, q:3 * q] = True
     obstacle = (occupied | inner).reshape(n_cascades, -1).view(np.uint8)
-    distance = np.empty(obstacle.shape, np.int32)
+    radii = np.empty((n_cascades, 8, n_blocks ** 3), np.uint8)
     # n_blocks: the cube covers the whole grid (it is clipped to it)
-    _chessboard_distance(obstacle, n_blocks, min(n_blocks, 255), _EARLIER, distance)
-    radii = distance.astype(np.uint8)
-    radii[(inner & ~occupied).reshape(n_cascades, -1)] = 1
+    _forward_cubes(obstacle, n_blocks, min(n_blocks, 255), radii)
+    free_inner = (inner & ~occupied).reshape(n_cascades, 1, -1)
+    radii[np.broadcast_to(free_inner, radii.shape)] = 1
     return radii
 
 
@@ -364,7 +366,7 @@ _BLOCKS_CACHE: list = []  # [(weakref to the grid tensor, (address, shape, versi
 
 
 def _blocks_for(occupied: torch.Tensor, occ: np.ndarray, resolution: int, block: int) -> np.ndarray:
-    """The skip radius of each ``block^3`` block of each cascade (:func:`_skip_radii`); reused while the
+    """The skip sizes of each ``block^3`` block of each cascade (:func:`_skip_sizes`); reused while the
     same grid tensor (by identity, not address; a view counts as its base, e.g. the uint8 view of a bool
     grid made per call) is unchanged (in-place updates bump the version counter a base shares with its
     views)."""
@@ -377,10 +379,12 @@ def _blocks_for(occupied: torch.Tensor, occ: np.ndarray, resolution: int, block:
         ref, cached_key, blocks = _BLOCKS_CACHE[0]
         if ref() is base and cached_key == key:
             return blocks
-    blocks = np.zeros((occ.shape[0], (resolution // block) ** 3), np.uint8)
     if block > 1:
-        _block_occupancy(occ, resolution, block, blocks)
-        blocks = _skip_radii(blocks, resolution // block)
+        any_occupied = np.zeros((occ.shape[0], (resolution // block) ** 3), np.uint8)
+        _block_occupancy(occ, resolution, block, any_occupied)
+        blocks = _skip_sizes(any_occupied, resolution // block)
+    else:  # no blocks: the marcher never reads them
+        blocks = np.zeros((occ.shape[0], 8, 0), np.uint8)
     if key is not None:
         _BLOCKS_CACHE[:] = [(weakref.ref(base), key, blocks)]
     return blocks
