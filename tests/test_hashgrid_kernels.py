@@ -395,3 +395,27 @@ def test_forward_rejects_an_output_dtype_it_cannot_write():
     with pytest.raises(TypeError, match="float16"):
         cpu.forward(sample_points(10, 3, torch.float32), torch.zeros(layout.n_rows, 2), layout, 1,
                     out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_corner_rows_staged_in_32_bits_give_the_64_bit_results(d, monkeypatch):
+    """The fast paths stage corner rows as uint32 while every row index fits (the hash arithmetic keeps
+    its low 32 bits); tables with more rows stage them as int64. Both give the same features and table
+    gradients bit for bit, and the choice follows the row count."""
+    layout = GridLayout.create(d, 8, 2, 17, 16, 2.0)  # more than 2^16 rows: 16 bits would not do
+    assert layout.n_rows > 1 << 16 and any(layout.hashed) and not all(layout.hashed)
+    table = torch.randn(layout.n_rows, 2, generator=torch.Generator().manual_seed(4))
+    x = sample_points(3000, d, torch.float32, seed=5)
+    grad_out = torch.randn(x.shape[0], layout.n_output_dims, generator=torch.Generator().manual_seed(6))
+    results = {}
+    for kind in (np.uint32, np.int64):
+        monkeypatch.setattr(cpu, "_row_type", lambda t, _kind=kind: np.empty(0, _kind))
+        out = cpu.forward(x, table, layout, ref.INTERPOLATIONS["Linear"])
+        grad_table, _ = cpu.backward(grad_out, x, table, layout, ref.INTERPOLATIONS["Linear"], True, False)
+        results[kind] = (out, grad_table)
+    monkeypatch.undo()
+    assert torch.equal(results[np.uint32][0], results[np.int64][0])
+    assert torch.equal(results[np.uint32][1], results[np.int64][1])
+    assert cpu._row_type(table.numpy()).dtype == np.uint32
+    huge = np.lib.stride_tricks.as_strided(np.zeros(2, np.float32), shape=((1 << 32) + 1, 2), strides=(0, 4))
+    assert cpu._row_type(huge).dtype == np.int64
