@@ -202,6 +202,21 @@ def _assert_numba_marches_as_reference(grid, occupied, o, d, first, max_samples,
             assert torch.equal(e, g_)
 
 
+@pytest.mark.parametrize("room", [1, 2])
+def test_march_numba_rays_with_more_runs_than_recorded_march_again_exactly(room, monkeypatch):
+    """A ray with more runs of consecutive samples than the count pass records (``RUNS_PER_RAY``) is
+    marched a second time, writing its samples: those must equal the reference's too, with constant and
+    cone steps (the fill pass and the writing march compute the samples' bounds each their own way)."""
+    monkeypatch.setattr(cpu, "RUNS_PER_RAY", room)
+    grid = OccupancyGrid(aabb_scale=4, resolution=16)
+    g = torch.Generator().manual_seed(9)
+    occupied = ((torch.rand(grid.occupied.shape, generator=g) < 0.3) & grid.valid).to(torch.uint8)
+    o, d = _rays(300, 10, -3.0, 4.0)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    _assert_numba_marches_as_reference(grid, occupied, o, d, torch.rand(300, generator=g, dtype=torch.float64),
+                                       max_samples=300, at_least=1000)
+
+
 def test_march_numba_sees_every_change_of_the_grid():
     """The Numba marcher reuses its block summary of a grid tensor while that tensor is unchanged: an
     in-place update, and a new grid (even at a freed one's address), must be seen."""

@@ -144,16 +144,25 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
     count = 0
     runs = 0
     previous_emitted = False
+    # A sample's bounds from_stepping(n -/+ 0.5): with cone steps each is an exp, and consecutive
+    # samples share one (n + 1 - 0.5 is n + 0.5 bit for bit, as a rule): the upper bound is kept and
+    # reused as the next lower one when its argument is the same number (so the same value as computing it).
+    bounds = write or (n_cascades > 1 and not linear)
+    hi_n, hi_t, lo_t = -np.inf, 0.0, 0.0
     while count < max_samples:
         t = _from_stepping(n, cone, min_step, max_step)
         if not t < far:
             break
+        if bounds:
+            lo_n = n - 0.5
+            lo_t = hi_t if lo_n == hi_n else _from_stepping(lo_n, cone, min_step, max_step)
+            hi_n = n + 0.5
+            hi_t = _from_stepping(hi_n, cone, min_step, max_step)
         px, py, pz = ox + t * dx, oy + t * dy, oz + t * dz
         rx, ry, rz = (px - cx) * inv_base, (py - cy) * inv_base, (pz - cz) * inv_base
         mip = 0
         if n_cascades > 1:
-            dt = min_step if linear else (_from_stepping(n + 0.5, cone, min_step, max_step)
-                                          - _from_stepping(n - 0.5, cone, min_step, max_step))
+            dt = min_step if linear else hi_t - lo_t
             mip = _lookup_mip(rx, ry, rz, dt, dt_scale, n_cascades)
         inv_scale = math.ldexp(1.0, -mip)  # exact: the reference's division by 2**mip
         gx = (rx * inv_scale + 0.5) * resolution
@@ -169,8 +178,8 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
                 s = base + count
                 positions[s, 0], positions[s, 1], positions[s, 2] = px, py, pz
                 ts[s] = t
-                t_starts[s] = max(_from_stepping(n - 0.5, cone, min_step, max_step), near)
-                t_ends[s] = min(_from_stepping(n + 0.5, cone, min_step, max_step), far)
+                t_starts[s] = max(lo_t, near)
+                t_ends[s] = min(hi_t, far)
                 ray_indices[s] = r
             elif previous_emitted:
                 if runs <= room:
@@ -246,14 +255,19 @@ def _march_fill(origins, directions, t_near, t_far, first_offsets, occupied, blo
         dx, dy, dz = np.float64(directions[r, 0]), np.float64(directions[r, 1]), np.float64(directions[r, 2])
         near, far = np.float64(t_near[r]), np.float64(t_far[r])
         s = offsets[r]
+        hi_n, hi_t = -np.inf, 0.0  # the previous sample's upper bound, reused as in _march_ray
         for k in range(n_runs[r]):
             for j in range(run_count[r, k]):
                 n = run_start[r, k] + j  # == the marcher's repeated n += 1 (integer steps round alike)
                 t = _from_stepping(n, cone, min_step, max_step)
                 positions[s, 0], positions[s, 1], positions[s, 2] = ox + t * dx, oy + t * dy, oz + t * dz
                 ts[s] = t
-                t_starts[s] = max(_from_stepping(n - 0.5, cone, min_step, max_step), near)
-                t_ends[s] = min(_from_stepping(n + 0.5, cone, min_step, max_step), far)
+                lo_n = n - 0.5
+                lo_t = hi_t if lo_n == hi_n else _from_stepping(lo_n, cone, min_step, max_step)
+                hi_n = n + 0.5
+                hi_t = _from_stepping(hi_n, cone, min_step, max_step)
+                t_starts[s] = max(lo_t, near)
+                t_ends[s] = min(hi_t, far)
                 ray_indices[s] = r
                 s += 1
 
