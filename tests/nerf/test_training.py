@@ -163,6 +163,10 @@ def test_segment_schedules_give_the_lengths_they_promise():
     assert [FixedSegments((16, 32)).size(k, 10, 10) for k in range(4)] == [16, 32, 32, 32]
     with pytest.raises(ValueError, match="min_samples"):
         AdaptiveSegments(4.0, 8, 4)
+    first = AdaptiveSegments(2.0, 4, 64, first_samples=2)  # the renderer's: a short first round, then the formula
+    assert [first.size(0, 1000, 1000), first.size(1, 1000, 1000), first.size(1, 1000, 100)] == [2, 4, 20]
+    with pytest.raises(ValueError, match="first_samples"):
+        AdaptiveSegments(2.0, 4, 64, first_samples=65)
     with pytest.raises(ValueError, match="sizes"):
         FixedSegments(())
 

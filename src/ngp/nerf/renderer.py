@@ -150,20 +150,26 @@ class AdaptiveSegments:
     ``alive`` of them are still going. As instant-ngp's renderer (``clamp(R / alive, 1, 8)`` steps
     between compactions): while most rays are going each gets a few samples, so a ray that turns opaque
     leaves few evaluated samples behind its surface; as rays stop, the others get more per round, so a
-    round's kernel calls stay large and the rounds few. A round holds at most
-    ``R * max(samples_per_ray, min_samples)`` samples."""
+    round's kernel calls stay large and the rounds few. ``first_samples``: the first round's length
+    instead (``None``: the formula's). A round holds at most ``R * max(samples_per_ray, min_samples,
+    first_samples)`` samples."""
 
     samples_per_ray: float = 4.0
     min_samples: int = 4
     max_samples: int = 64
+    first_samples: int | None = None
 
     def __post_init__(self):
         if not (self.samples_per_ray > 0 and 1 <= self.min_samples <= self.max_samples):
             raise ValueError(f"AdaptiveSegments needs samples_per_ray > 0 and 1 <= min_samples <= max_samples, "
                              f"got {self}")
+        if self.first_samples is not None and not 1 <= self.first_samples <= self.max_samples:
+            raise ValueError(f"AdaptiveSegments needs 1 <= first_samples <= max_samples, got {self}")
 
     def size(self, round: int, n_rays: int, n_alive: int) -> int:
         """Samples per ray in the next round, with ``n_alive`` of ``n_rays`` rays still going."""
+        if round == 0 and self.first_samples is not None:
+            return self.first_samples
         wanted = int(self.samples_per_ray * n_rays / max(n_alive, 1))
         return min(max(wanted, self.min_samples), self.max_samples)
 
@@ -173,9 +179,15 @@ SegmentSchedule = FixedSegments | AdaptiveSegments
 
 #: Rendering without gradients. Measured on 2 cores, a quarter of a fox frame (540x960) from a
 #: 10-minute run: the fixed 16, 32, 64, 128 evaluated 55.9 samples per ray, of which 39.9 lie in front
-#: of the point where the ray turns opaque, this schedule 44.3, and the frames took 3.65 s against
-#: 2.89 s (medians of 4, alternating); lego the same time (8.1 against 7.8 samples per ray).
-RENDER_SEGMENTS = AdaptiveSegments(4.0, 4, 64)
+#: of the point where the ray turns opaque, ``AdaptiveSegments(4.0, 4, 64)`` 44.3, and the frames took
+#: 3.65 s against 2.89 s (medians of 4, alternating); lego the same time (8.1 against 7.8 samples per
+#: ray). A first round of 2 samples and ``2 R / alive`` after it (Intel, 2^18-ray chunks, alternating in
+#: one process): most of an opaque scene's rays end within the first two (at their surface, or leaving
+#: the box), so fewer samples lie behind surfaces: lego 4.85 -> 4.19 M samples, frames 1.21 -> 1.14 s
+#: and 1.35 -> 1.28 s (two models, medians of 4-5); fox 23.9 -> 23.1 M samples, frames 6.66 -> 6.49 s
+#: and 6.24 -> 6.45 s (medians of 2 and 5: its long rays take more rounds; even within this machine's
+#: noise). 2 samples in every round (``AdaptiveSegments(2.0, 2, 64)``) was lego 1.11 s but fox 6.75 s.
+RENDER_SEGMENTS = AdaptiveSegments(2.0, 4, 64, first_samples=2)
 #: Training's pre-pass: its rays are few (2^16 samples' worth), so rounds cost more per sample there
 #: and the adaptive schedule was slower (lego, late: 112.5k samples marched against 110.8k, 97 against
 #: 83 ms; fox: 221k against 280k marched but 239 against 219 ms).
