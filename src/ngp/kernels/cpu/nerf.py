@@ -328,9 +328,11 @@ def _skip_sizes(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
     around it on every side) reached about half as far ahead: a lego frame's march took 0.35 s with
     it, 0.21 s with these (fox 1.19 -> 1.13 s, its rays mostly in occupied cells); summarising a grid
     (:func:`_blocks_for`, once per change) takes ~6 instead of 8.2 ms for lego's 64^3 blocks, ~17
-    instead of 12 ms for fox's three cascades (measured, 2 cores). In cascades above the first, the inner cascade's box (the middle
-    half of each axis) is looked up in that cascade, so its blocks count as not skippable for their
-    neighbours and get at most 1 (themselves) when empty."""
+    instead of 12 ms for fox's three cascades (measured, 2 cores).
+
+    In cascades above the first, the inner cascade's box (the middle half of each axis) is looked up
+    in that cascade, so its blocks count as not skippable for their neighbours and get at most 1
+    (themselves) when empty."""
     n_cascades = any_occupied.shape[0]
     occupied = any_occupied.reshape(n_cascades, n_blocks, n_blocks, n_blocks) != 0
     inner = np.zeros_like(occupied)
@@ -349,10 +351,11 @@ def _skip_sizes(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
 def _block_size(resolution: int, n_cascades: int) -> int:
     """Blocks of 2^3 cells where they tile the grid and, with several cascades, also the inner
     cascade's box (which starts at cell ``resolution / 4``), so that no block straddles two cascades;
-    else 1 (no blocks). With skip radii, small blocks skip closer to the occupied cells: the first
-    round of a frame's march (lego at 800x800 / fox at 540x960, 2 cores) took 229 / 433 ms with
-    2-cell blocks, 246 / 466 ms with 4 and 368 / 585 ms with 8 (whose radii were mostly 1 on lego:
-    scattered occupied cells leave few empty 8^3 blocks beside each other)."""
+    else 1 (no blocks). Small blocks skip closer to the occupied cells: with the cubes of the time
+    (centred on the block, before :func:`_forward_cubes`) the first round of a frame's march (lego at
+    800x800 / fox at 540x960, 2 cores) took 229 / 433 ms with 2-cell blocks, 246 / 466 ms with 4 and
+    368 / 585 ms with 8 (whose radii were mostly 1 on lego: scattered occupied cells leave few empty
+    8^3 blocks beside each other)."""
     for block in (2,):
         if resolution % block == 0 and (n_cascades == 1 or (resolution // 4) % block == 0):
             return block
