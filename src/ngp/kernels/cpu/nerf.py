@@ -64,6 +64,17 @@ def _from_stepping(n, cone, min_step, max_step):
 
 
 @njit(fastmath=False, cache=True)
+def _sample_bounds(n, hi_n, hi_t, cone, min_step, max_step):
+    """A sample's bounds ``from_stepping(n -/+ 0.5)`` -> ``(lower, n + 0.5, upper)``, given the previous
+    sample's ``hi_n = n' + 0.5`` and ``hi_t`` (its upper bound): with cone steps each bound is an exp, and
+    consecutive samples share one (``n' + 1 - 0.5`` is ``n' + 0.5`` as a rule), so the previous upper
+    bound is reused when its argument is the same number: the same value as computing it."""
+    lo_n = n - 0.5
+    lo_t = hi_t if lo_n == hi_n else _from_stepping(lo_n, cone, min_step, max_step)
+    return lo_t, n + 0.5, _from_stepping(n + 0.5, cone, min_step, max_step)
+
+
+@njit(fastmath=False, cache=True)
 def _lookup_mip(rx, ry, rz, dt, dt_scale, n_cascades):
     """``reference.mip_from_dt`` for one point (``r*`` = (position - center) / base_size,
     ``dt_scale = 2 * resolution / base_size``)."""
@@ -144,20 +155,14 @@ def _march_ray(r, origins, directions, t_near, t_far, first_offsets, occupied, b
     count = 0
     runs = 0
     previous_emitted = False
-    # A sample's bounds from_stepping(n -/+ 0.5): with cone steps each is an exp, and consecutive
-    # samples share one (n + 1 - 0.5 is n + 0.5 bit for bit, as a rule): the upper bound is kept and
-    # reused as the next lower one when its argument is the same number (so the same value as computing it).
-    bounds = write or (n_cascades > 1 and not linear)
+    bounds = write or (n_cascades > 1 and not linear)  # the sample's bounds are needed (_sample_bounds)
     hi_n, hi_t, lo_t = -np.inf, 0.0, 0.0
     while count < max_samples:
         t = _from_stepping(n, cone, min_step, max_step)
         if not t < far:
             break
         if bounds:
-            lo_n = n - 0.5
-            lo_t = hi_t if lo_n == hi_n else _from_stepping(lo_n, cone, min_step, max_step)
-            hi_n = n + 0.5
-            hi_t = _from_stepping(hi_n, cone, min_step, max_step)
+            lo_t, hi_n, hi_t = _sample_bounds(n, hi_n, hi_t, cone, min_step, max_step)
         px, py, pz = ox + t * dx, oy + t * dy, oz + t * dz
         rx, ry, rz = (px - cx) * inv_base, (py - cy) * inv_base, (pz - cz) * inv_base
         mip = 0
@@ -255,17 +260,14 @@ def _march_fill(origins, directions, t_near, t_far, first_offsets, occupied, blo
         dx, dy, dz = np.float64(directions[r, 0]), np.float64(directions[r, 1]), np.float64(directions[r, 2])
         near, far = np.float64(t_near[r]), np.float64(t_far[r])
         s = offsets[r]
-        hi_n, hi_t = -np.inf, 0.0  # the previous sample's upper bound, reused as in _march_ray
+        hi_n, hi_t = -np.inf, 0.0  # the previous sample's upper bound (_sample_bounds)
         for k in range(n_runs[r]):
             for j in range(run_count[r, k]):
                 n = run_start[r, k] + j  # == the marcher's repeated n += 1 (integer steps round alike)
                 t = _from_stepping(n, cone, min_step, max_step)
                 positions[s, 0], positions[s, 1], positions[s, 2] = ox + t * dx, oy + t * dy, oz + t * dz
                 ts[s] = t
-                lo_n = n - 0.5
-                lo_t = hi_t if lo_n == hi_n else _from_stepping(lo_n, cone, min_step, max_step)
-                hi_n = n + 0.5
-                hi_t = _from_stepping(hi_n, cone, min_step, max_step)
+                lo_t, hi_n, hi_t = _sample_bounds(n, hi_n, hi_t, cone, min_step, max_step)
                 t_starts[s] = max(lo_t, near)
                 t_ends[s] = min(hi_t, far)
                 ray_indices[s] = r
@@ -340,12 +342,12 @@ def _skip_sizes(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
     if n_cascades > 1 and q > 0:
         inner[1:, q:3 * q, q:3 * q, q:3 * q] = True
     obstacle = (occupied | inner).reshape(n_cascades, -1).view(np.uint8)
-    radii = np.empty((n_cascades, 8, n_blocks ** 3), np.uint8)
+    sizes = np.empty((n_cascades, 8, n_blocks ** 3), np.uint8)
     # n_blocks: the cube covers the whole grid (it is clipped to it)
-    _forward_cubes(obstacle, n_blocks, min(n_blocks, 255), radii)
+    _forward_cubes(obstacle, n_blocks, min(n_blocks, 255), sizes)
     free_inner = (inner & ~occupied).reshape(n_cascades, 1, -1)
-    radii[np.broadcast_to(free_inner, radii.shape)] = 1
-    return radii
+    sizes[np.broadcast_to(free_inner, sizes.shape)] = 1
+    return sizes
 
 
 def _block_size(resolution: int, n_cascades: int) -> int:
