@@ -50,6 +50,41 @@ def test_lookup_uses_finest_containing_cascade():
     assert (idx[1] % 16**3) // 256 == 14
 
 
+def test_cell_positions_lie_in_their_cells_and_the_kernel_matches_the_definition():
+    """grid_cell_positions inverts grid_cell_index: a jittered point of a cell is looked up in that cell
+    (checked where the finest cascade holding it is the cell's own); the Numba kernel gives the
+    reference's numbers bit for bit, and the aabb clamps."""
+    from ngp.kernels.cpu import nerf as cpu
+    from ngp.kernels.reference import nerf as ref
+
+    grid = OccupancyGrid(aabb_scale=4, resolution=16, center=(0.25, 0.5, 0.75))
+    g = torch.Generator().manual_seed(0)
+    cells = torch.randint(grid.occupied.numel(), (5000,), generator=g)
+    jitter = torch.rand(5000, 3, generator=g) * 0.98 + 0.01  # off the faces, where float rounding decides
+    positions = ops.grid_cell_positions(cells, grid, jitter)
+    idx = ops.grid_cell_index(positions, grid)
+    cascade = cells // 16**3
+    xyz = torch.stack([(cells % 16**3) // 256, (cells % 256) // 16, cells % 16], -1)
+    own = (cascade == 0) | ((xyz < 4) | (xyz >= 12)).any(-1)  # not inside the next finer cascade
+    assert own.sum() > 1000 and torch.equal(idx[own], cells[own])
+    assert ((idx // 16**3) <= cascade).all()
+    centres = ops.grid_cell_positions(cells, grid)
+    assert torch.equal(centres, ops.grid_cell_positions(cells, grid, torch.full((5000, 3), 0.5)))
+
+    args = (16, torch.tensor([grid.cell_size(k) for k in range(3)]), torch.randn(3, 3, generator=g),
+            torch.full((3,), -0.5), torch.full((3,), 1.5))
+    for offsets in (jitter, torch.full((1, 3), 0.5)):
+        expected = ref.cell_positions(cells, offsets, *args)
+        assert torch.equal(cpu.cell_positions(cells, offsets, *args), expected)
+        assert expected.min() == -0.5 and expected.max() == 1.5  # clamped, and the clamp was needed
+    clamped = ops.grid_cell_positions(cells, grid, jitter, grid.aabb * 0.5)
+    assert (clamped >= grid.aabb[0] * 0.5).all() and (clamped <= grid.aabb[1] * 0.5).all()
+    with pytest.raises(ValueError, match="offsets must be"):
+        ops.grid_cell_positions(cells, grid, jitter[:10])
+    with pytest.raises(ValueError, match="cells must be"):
+        ops.grid_cell_positions(cells[:, None], grid)
+
+
 def test_warmup_updates_cover_sphere_and_exclude_far_cells():
     grid = OccupancyGrid(aabb=UNIT, resolution=32)
     generator = torch.Generator().manual_seed(0)

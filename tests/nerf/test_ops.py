@@ -244,6 +244,33 @@ def test_march_numba_sees_every_change_of_the_grid():
     assert expected.shape[0] > 100
 
 
+def test_sort_by_ray_is_stable_and_the_kernel_matches_the_definition():
+    """Segments of rays concatenated round after round come back packed by ray, each ray's samples in
+    the order they had (a stable sort), with the packed offsets; the Numba counting sort gives the
+    reference's permutation. Ray indices outside [0, n_rays) are refused before anything is written."""
+    g = torch.Generator().manual_seed(0)
+    rounds = [torch.sort(torch.randint(0, 50, (n,), generator=g))[0] for n in (300, 120, 40)]  # each sorted
+    ray_indices = torch.cat(rounds)
+    tags = torch.arange(ray_indices.numel())  # the position in marching order
+    for order, offsets in (ops.sort_by_ray(ray_indices, 60), ref.sort_by_ray(ray_indices, 60),
+                           cpu.sort_by_ray(ray_indices, 60)):
+        assert torch.equal(order, ref.sort_by_ray(ray_indices, 60)[0])
+        packed, packed_tags = ray_indices[order], tags[order]
+        assert (packed[1:] >= packed[:-1]).all()
+        same_ray = packed[1:] == packed[:-1]
+        assert (packed_tags[1:][same_ray] > packed_tags[:-1][same_ray]).all()  # marching order kept
+        assert offsets[0] == 0 and offsets[-1] == ray_indices.numel() and offsets.shape == (61,)
+        for r in (0, 17, 49, 55):
+            assert (packed[offsets[r]:offsets[r + 1]] == r).all()
+            assert offsets[r + 1] - offsets[r] == (ray_indices == r).sum()
+    empty = ops.sort_by_ray(torch.zeros(0, dtype=torch.long), 4)
+    assert empty[0].numel() == 0 and torch.equal(empty[1], torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"ray_indices must lie in \[0, 40\)"):
+        cpu.sort_by_ray(ray_indices, 40)
+    with pytest.raises(ValueError, match="ray_indices must be"):
+        ops.sort_by_ray(ray_indices[:, None], 60)
+
+
 def test_march_without_grid_and_bad_input():
     o, d = _rays(10, 9)
     t_near, t_far, hit = ops.ray_aabb_intersect(o, d, UNIT)

@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 import torch
 
 from ngp.ops.checks import all_finite
-from ngp.ops.nerf import DEFAULT_STEPS_PER_UNIT, grid_cell_index
+from ngp.ops.nerf import DEFAULT_STEPS_PER_UNIT, grid_cell_index, grid_cell_positions
 
 __all__ = ["OccupancyGrid", "NERF_MIN_OPTICAL_THICKNESS"]
 
@@ -136,7 +136,7 @@ class OccupancyGrid(torch.nn.Module):
         self.register_buffer("occupied", self.valid.clone())
         self.register_buffer("mean_density", torch.zeros(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.int64))
-        self._candidates: tuple[int, torch.Tensor] | None = None  # see _trained_cells
+        self._candidates: tuple[tuple[int, int], torch.Tensor] | None = None  # see _trained_cells
 
     # ------------------------------------------------------------------------------------------------
     # Geometry
@@ -188,26 +188,11 @@ class OccupancyGrid(torch.nn.Module):
             masks.append(m.reshape(res**3))
         return torch.stack(masks)
 
-    def _cell_xyz(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat indices over all cascades -> (cascade [N], integer cell coordinates [N, 3])."""
-        res = self.resolution
-        cascade = torch.div(flat, res**3, rounding_mode="floor")
-        rest = flat - cascade * res**3
-        x = torch.div(rest, res * res, rounding_mode="floor")
-        yz = rest - x * (res * res)
-        y = torch.div(yz, res, rounding_mode="floor")
-        return cascade, torch.stack([x, y, yz - y * res], -1)
-
     def cell_positions(self, flat: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
         """World positions ``[N, 3]`` float32 inside cells ``flat [N]`` (indices into ``occupied.view(-1)``):
-        at ``jitter [N, 3]`` in ``[0, 1)^3`` within each cell (default: the centre), clamped to ``aabb``."""
-        cascade, xyz = self._cell_xyz(flat)
-        offset = 0.5 if jitter is None else jitter.to(torch.float32)
-        cell = torch.tensor([self.cell_size(k) for k in range(self.n_cascades)], device=flat.device)[cascade]
-        center = torch.tensor(self.center, dtype=torch.float32, device=flat.device)
-        corner = center - 0.5 * self.resolution * cell[:, None]
-        pos = torch.addcmul(corner, xyz.to(torch.float32) + offset, cell[:, None])
-        return torch.maximum(torch.minimum(pos, self.aabb[1]), self.aabb[0])
+        at ``jitter [N, 3]`` in ``[0, 1)^3`` within each cell (default: the centre), clamped to ``aabb``
+        (:func:`ngp.ops.nerf.grid_cell_positions`)."""
+        return grid_cell_positions(flat, self, jitter, self.aabb)
 
     # ------------------------------------------------------------------------------------------------
     # Queries
@@ -236,15 +221,20 @@ class OccupancyGrid(torch.nn.Module):
     def should_update(self, step: int) -> bool:
         return step % self.update_interval == 0
 
+    def _density_key(self) -> tuple[int, int]:
+        """Changes whenever ``density`` is written in place or replaced: its storage and version counter
+        (which every in-place torch operation on it, or on a view of it, bumps)."""
+        return self.density.data_ptr(), self.density._version
+
     def _trained_cells(self) -> torch.Tensor:
         """Flat indices of the cells an update may evaluate (inside the box, not marked untrained).
         The set changes only where cells are marked untrained or a state is loaded (an update keeps a
-        density's sign), so it is kept between updates; a changed count of untrained cells (someone
-        wrote ``density``) also rebuilds it. Fox's 6.3M cells: a ``nonzero`` of 8 ms per update."""
-        n_untrained = int((self.density < 0).sum())
-        if self._candidates is None or self._candidates[0] != n_untrained:
+        density's sign), so it is kept between updates (fox's 6.3M cells: a ``nonzero`` of 8 ms) and
+        rebuilt when ``density`` was written since this grid's last update (:meth:`_density_key`).
+        Counting the untrained cells to notice such writes cost fox 10 ms per update (measured)."""
+        if self._candidates is None or self._candidates[0] != self._density_key():
             trained = self.valid.reshape(-1) & (self.density.reshape(-1) >= 0)
-            self._candidates = (n_untrained, torch.nonzero(trained).squeeze(1))
+            self._candidates = (self._density_key(), torch.nonzero(trained).squeeze(1))
         return self._candidates[1]
 
     def _sample_cells(self, step: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -296,6 +286,8 @@ class OccupancyGrid(torch.nn.Module):
             jitter = torch.rand(chunk.numel(), 3, generator=generator).to(chunk.device)
             sigmas = self._evaluate(density_fn, self.cell_positions(chunk, jitter))
             flat.scatter_reduce_(0, chunk, sigmas.clamp_min(0.0) * self.min_step_size, reduce="amax")
+        if self._candidates is not None:  # this update's writes keep every density's sign: the same cells
+            self._candidates = (self._density_key(), self._candidates[1])
         self.n_updates += 1
         self.refresh_occupancy()
         return True

@@ -26,7 +26,7 @@ from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.networks import bfloat16_weights_kept, cpu_bfloat16_autocast
 from ngp.ops.nerf import (RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect,
-                          render_weight_from_density)
+                          render_weight_from_density, sort_by_ray)
 from ngp.train.precision import native_bfloat16
 
 __all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE",
@@ -118,12 +118,10 @@ def _pack(parts: list[tuple[torch.Tensor, ...]], n_rays: int,
                           torch.zeros(0, dtype=torch.long, device=like.device),
                           torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)), None
     positions, t_starts, t_ends, ray_indices, features = (_cat([p[k] for p in parts]) for k in range(5))
-    if len(parts) > 1:  # a stable sort by ray keeps each ray's segments in marching order
-        ray_indices, order = torch.sort(ray_indices, stable=True)
-        positions, t_starts, t_ends, features = (t.index_select(0, order)
-                                                 for t in (positions, t_starts, t_ends, features))
-    offsets = torch.zeros(n_rays + 1, dtype=torch.long, device=like.device)
-    torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0, out=offsets[1:])
+    order, offsets = sort_by_ray(ray_indices, n_rays)  # stable: each ray's segments stay in marching order
+    if len(parts) > 1:
+        positions, t_starts, t_ends, ray_indices, features = (
+            t.index_select(0, order) for t in (positions, t_starts, t_ends, ray_indices, features))
     return RaySamples(positions, empty, empty, t_starts, t_ends, ray_indices, offsets), features
 
 

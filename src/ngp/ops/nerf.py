@@ -57,6 +57,8 @@ __all__ = [
     "render_weight_from_density",
     "accumulate_along_rays",
     "grid_cell_index",
+    "grid_cell_positions",
+    "sort_by_ray",
     "DEFAULT_STEPS_PER_UNIT",
 ]
 
@@ -325,6 +327,50 @@ def grid_cell_index(positions: torch.Tensor, grid: OccupancyGridLike, dt: torch.
     else:
         mip = reference.mip_from_dt(rel, dt.to(torch.float64), float(grid.base_size), int(grid.resolution), n_cascades)
     return reference.cell_index(rel, mip, int(grid.resolution))
+
+
+def sort_by_ray(ray_indices: torch.Tensor, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack samples gathered out of ray order (e.g. segments marched one after another) by ray:
+    ``(order [S], ray_offsets [R + 1])``, where ``ray_indices[order]`` is non-decreasing, each ray's
+    samples keep their relative order (a stable sort), and ``ray_offsets`` is the packed layout's.
+
+    Example::
+
+        >>> order, ray_offsets = sort_by_ray(ray_indices, n_rays)
+        >>> positions, ray_indices = positions[order], ray_indices[order]
+    """
+    if ray_indices.ndim != 1:
+        raise ValueError(f"ray_indices must be [S], got {tuple(ray_indices.shape)}")
+    kernels = _kernels(ray_indices.device)
+    return (kernels if hasattr(kernels, "sort_by_ray") else reference).sort_by_ray(ray_indices, n_rays)
+
+
+def grid_cell_positions(cells: torch.Tensor, grid: OccupancyGridLike, offsets: torch.Tensor | None = None,
+                        aabb: torch.Tensor | None = None) -> torch.Tensor:
+    """World positions ``float32 [N, 3]`` inside the cells ``cells`` (``int64 [N]``, flat indices into
+    ``grid.occupied.view(-1)``, as :func:`grid_cell_index` gives): at ``offsets`` (``[N, 3]`` in
+    ``[0, 1)^3`` within each cell, e.g. random jitter; default: the cells' centres), clamped to ``aabb``
+    (``[2, 3]`` min and max corners) when given. An occupancy-grid update evaluates the density there.
+
+    Example::
+
+        >>> cells = torch.randint(grid.occupied.numel(), (1024,))
+        >>> sigmas = field.density(grid_cell_positions(cells, grid, torch.rand(1024, 3), grid.aabb))
+    """
+    if cells.ndim != 1:
+        raise ValueError(f"cells must be [N], got {tuple(cells.shape)}")
+    if offsets is not None and offsets.shape != (cells.shape[0], 3):
+        raise ValueError(f"offsets must be [{cells.shape[0]}, 3] (one per cell), got {tuple(offsets.shape)}")
+    device, res, n_cascades = cells.device, int(grid.resolution), grid.occupied.shape[0]
+    sizes = torch.tensor([float(grid.base_size) * 2.0**k / res for k in range(n_cascades)], device=device)
+    center = torch.tensor(tuple(float(v) for v in grid.center), dtype=torch.float32, device=device)
+    corners = center - 0.5 * res * sizes[:, None]  # each cascade's lowest corner
+    offsets = torch.full((1, 3), 0.5, device=device) if offsets is None else offsets.to(torch.float32)
+    lo, hi = (torch.full((3,), -math.inf, device=device), torch.full((3,), math.inf, device=device)) if aabb is None \
+        else (aabb[0].to(torch.float32), aabb[1].to(torch.float32))
+    kernels = _kernels(device)
+    compute = kernels.cell_positions if hasattr(kernels, "cell_positions") else reference.cell_positions
+    return compute(cells, offsets, res, sizes, corners, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------------

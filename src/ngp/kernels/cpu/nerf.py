@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-__all__ = ["march_rays", "composite_forward", "composite_backward", "render_weight_from_density"]
+__all__ = ["march_rays", "composite_forward", "composite_backward", "render_weight_from_density", "cell_positions",
+           "sort_by_ray"]
 
 _EXACT = dict(parallel=True, fastmath=False, cache=True)
 _FAST = dict(parallel=True, fastmath=True, cache=True)
@@ -272,6 +273,63 @@ def _march_fill(origins, directions, t_near, t_far, first_offsets, occupied, blo
                 t_ends[s] = min(hi_t, far)
                 ray_indices[s] = r
                 s += 1
+
+
+@njit(**_EXACT)
+def _cell_positions(flat, offset, resolution, cell_sizes, corners, lo, hi, out):
+    """:func:`ngp.kernels.reference.nerf.cell_positions`, parallel over cells (``offset [N or 1, 3]``),
+    the same float32 operations (no ``fastmath``: the same numbers bit for bit)."""
+    per_cascade = resolution * resolution * resolution
+    offset_step = np.int64(0 if offset.shape[0] == 1 else 1)  # one offset for all, or one per cell
+    for i in prange(flat.shape[0]):
+        c = flat[i] // per_cascade
+        rest = flat[i] - c * per_cascade
+        x = rest // (resolution * resolution)
+        yz = rest - x * (resolution * resolution)
+        y = yz // resolution
+        j, size = i * offset_step, cell_sizes[c]
+        p0 = corners[c, 0] + (np.float32(x) + offset[j, 0]) * size
+        p1 = corners[c, 1] + (np.float32(y) + offset[j, 1]) * size
+        p2 = corners[c, 2] + (np.float32(yz - y * resolution) + offset[j, 2]) * size
+        out[i, 0], out[i, 1] = max(min(p0, hi[0]), lo[0]), max(min(p1, hi[1]), lo[1])
+        out[i, 2] = max(min(p2, hi[2]), lo[2])
+
+
+def cell_positions(flat, offset, resolution, cell_sizes, corners, lo, hi):
+    """The Numba form of :func:`ngp.kernels.reference.nerf.cell_positions` (a fox grid update's 786k
+    cells: 20 -> 4 ms, measured)."""
+    out = torch.empty(flat.shape[0], 3, dtype=torch.float32)
+    _cell_positions(_np(flat.to(torch.int64)), _np(offset.to(torch.float32)), resolution, _np(cell_sizes),
+                    _np(corners), _np(lo), _np(hi), _np(out))
+    return out
+
+
+@njit(cache=True)
+def _sort_by_ray(ray_indices, offsets, order):
+    """A counting sort: count each ray's samples, scan the counts into ``offsets``, then place every
+    sample after the earlier samples of its ray. One thread: O(S + R), a few hundred microseconds for a
+    training step's samples."""
+    for j in range(ray_indices.shape[0]):
+        offsets[ray_indices[j] + 1] += 1
+    for r in range(1, offsets.shape[0]):
+        offsets[r] += offsets[r - 1]
+    cursor = offsets[:-1].copy()
+    for j in range(ray_indices.shape[0]):
+        r = ray_indices[j]
+        order[cursor[r]] = j
+        cursor[r] += 1
+
+
+def sort_by_ray(ray_indices, n_rays):
+    """The Numba form of :func:`ngp.kernels.reference.nerf.sort_by_ray` (the same permutation; a
+    training step's ~110k samples: ``torch.sort`` and ``bincount`` ~1.2 ms, this ~0.2 ms)."""
+    if ray_indices.numel() and not 0 <= int(ray_indices.min()) <= int(ray_indices.max()) < n_rays:
+        raise ValueError(f"ray_indices must lie in [0, {n_rays}), got {int(ray_indices.min())}.."
+                         f"{int(ray_indices.max())}")  # before the loops write out of bounds
+    offsets = torch.zeros(n_rays + 1, dtype=torch.int64)
+    order = torch.empty(ray_indices.shape[0], dtype=torch.int64)
+    _sort_by_ray(_np(ray_indices.to(torch.int64)), _np(offsets), _np(order))
+    return order, offsets
 
 
 @njit(**_EXACT)

@@ -145,6 +145,31 @@ def cell_index(rel: torch.Tensor, mip: torch.Tensor, resolution: int) -> torch.T
     return torch.where(inside, flat, torch.full_like(flat, -1))
 
 
+def cell_positions(flat: torch.Tensor, offset: torch.Tensor, resolution: int, cell_sizes: torch.Tensor,
+                   corners: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """World positions ``[N, 3]`` (float32) at ``offset`` (``[N, 3]`` in ``[0, 1)^3``, or ``[1, 3]``: the
+    same for all) within the cells ``flat [N]`` (indices into ``occupied.view(-1)``), clamped to
+    ``[lo, hi]`` (``[3]`` each): ``corners[c] + (cell + offset) * cell_sizes[c]`` for cascade ``c``
+    (``cell_sizes [C]``, ``corners [C, 3]``: each cascade's lowest corner), one product then one sum."""
+    cascade = torch.div(flat, resolution**3, rounding_mode="floor")
+    rest = flat - cascade * resolution**3
+    x = torch.div(rest, resolution * resolution, rounding_mode="floor")
+    yz = rest - x * (resolution * resolution)
+    y = torch.div(yz, resolution, rounding_mode="floor")
+    xyz = torch.stack([x, y, yz - y * resolution], -1)
+    pos = corners[cascade] + (xyz.to(torch.float32) + offset) * cell_sizes[cascade][:, None]
+    return torch.maximum(torch.minimum(pos, hi), lo)
+
+
+def sort_by_ray(ray_indices: torch.Tensor, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order [S], ray_offsets [R + 1])``: the stable permutation that sorts ``ray_indices [S]`` (each
+    ray's samples keep their order) and the packed layout's offsets of the sorted samples."""
+    order = torch.sort(ray_indices, stable=True)[1]
+    offsets = torch.zeros(n_rays + 1, dtype=torch.int64, device=ray_indices.device)
+    torch.cumsum(torch.bincount(ray_indices, minlength=n_rays), 0, out=offsets[1:])
+    return order, offsets
+
+
 def occupied_at(occupied_flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``bool [N]``: the occupancy of flat cell ``index`` (False for -1 = outside every cascade)."""
     safe = index.clamp_min(0)
