@@ -244,6 +244,39 @@ def test_march_numba_sees_every_change_of_the_grid():
     assert expected.shape[0] > 100
 
 
+def test_samples_in_front_keeps_what_is_visible_and_the_kernel_matches_the_definition():
+    """The kept samples are those with transmittance above the threshold in front of them, counting
+    what the ray crossed in earlier segments; each ray's log-transmittance carries over. The Numba
+    kernel gives the reference's numbers bit for bit."""
+    g = torch.Generator().manual_seed(1)
+    counts = torch.randint(0, 12, (40,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+    n = int(offsets[-1])
+    t_starts = torch.rand(n, generator=g)
+    t_ends = t_starts + 0.01 + 0.05 * torch.rand(n, generator=g)
+    sigmas = torch.rand(n, generator=g) ** 4 * 200.0  # some rays turn opaque within their segment
+    before = -torch.rand(40, dtype=torch.float64, generator=g) * 3.0
+    before[:5] = -20.0  # already opaque: nothing kept
+    keep, after = ops.samples_in_front(sigmas, t_starts, t_ends, offsets, before, 1e-4)
+    expected_keep, expected_after = [], []
+    for r in range(40):  # one ray at a time, in float64
+        log_t = float(before[r])
+        for j in range(int(offsets[r]), int(offsets[r + 1])):
+            if log_t > math.log(1e-4):
+                expected_keep.append(j)
+            log_t -= float(sigmas[j]) * (float(t_ends[j]) - float(t_starts[j]))
+        expected_after.append(log_t)
+    assert keep.tolist() == expected_keep and 0 < len(expected_keep) < n
+    torch.testing.assert_close(after, torch.tensor(expected_after, dtype=torch.float64), rtol=1e-5, atol=1e-9)
+    ref_keep, ref_after = ref.samples_in_front(sigmas, t_starts, t_ends, offsets, before, math.log(1e-4))
+    cpu_keep, cpu_after = cpu.samples_in_front(sigmas, t_starts, t_ends, offsets, before, math.log(1e-4))
+    assert torch.equal(cpu_keep, ref_keep) and torch.equal(cpu_after, ref_after)
+    with pytest.raises(ValueError, match="log_transmittance must be"):
+        ops.samples_in_front(sigmas, t_starts, t_ends, offsets, before[:3])
+    with pytest.raises(ValueError, match="t_ends must have"):
+        ops.samples_in_front(sigmas, t_starts, t_ends[:-1], offsets, before)
+
+
 def test_sort_by_ray_is_stable_and_the_kernel_matches_the_definition():
     """Segments of rays concatenated round after round come back packed by ray, each ray's samples in
     the order they had (a stable sort), with the packed offsets; the Numba counting sort gives the

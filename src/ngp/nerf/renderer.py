@@ -26,7 +26,7 @@ from ngp.nerf.field import NerfField, trunc_exp
 from ngp.nerf.occupancy import OccupancyGrid
 from ngp.networks import bfloat16_weights_kept, cpu_bfloat16_autocast
 from ngp.ops.nerf import (RaySamples, composite, march_checked_rays, march_rays, ray_aabb_intersect,
-                          render_weight_from_density, sort_by_ray)
+                          render_weight_from_density, samples_in_front, sort_by_ray)
 from ngp.train.precision import native_bfloat16
 
 __all__ = ["RenderSettings", "RenderResult", "Renderer", "FixedSegments", "AdaptiveSegments", "DISPLAY_TRANSMITTANCE",
@@ -325,7 +325,7 @@ class Renderer:
         s = self.settings
         n_rays = origins.shape[0]
         log_trans = torch.zeros(n_rays, dtype=torch.float64, device=origins.device)  # -sum(sigma dt) so far
-        threshold = math.log(s.transmittance_threshold)
+        log_threshold = math.log(s.transmittance_threshold)
         march = _SegmentMarch(self, origins, directions, schedule or TRAINING_SEGMENTS, generator)
         # Under CPU bfloat16 autocast the features are kept in bfloat16, as the density network's first
         # product (and the training forward's, which takes them over) rounds them: half the bytes to
@@ -340,20 +340,16 @@ class Renderer:
                     # in chunks: the MLP's temporaries stay bounded (one chunk is not copied by a cat)
                     features = _cat([self.field.encode(p, rounded) for p in samples.positions.split(1 << 18)])
                     sigmas = _cat([self.field.density_from_features(f) for f in features.split(1 << 18)])
-                    tau = (sigmas * (samples.t_ends - samples.t_starts)).double()
-                    inclusive = torch.cumsum(tau, 0)
-                    before_segment = torch.cat([inclusive.new_zeros(1), inclusive]).index_select(0, samples.ray_offsets)
-                    before = inclusive - tau - before_segment.index_select(0, samples.ray_indices)  # within the segment
                     # one list of the kept rows, gathered from each tensor (a boolean mask finds them again each time)
-                    keep = ((log_alive.index_select(0, samples.ray_indices) - before) > threshold).nonzero().squeeze(1)
+                    keep, log_alive = samples_in_front(sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets,
+                                                       log_alive, s.transmittance_threshold)
                     parts.append((samples.positions.index_select(0, keep), samples.t_starts.index_select(0, keep),
                                   samples.t_ends.index_select(0, keep),
                                   alive.index_select(0, samples.ray_indices.index_select(0, keep)),
                                   features.index_select(0, keep)))
-                    log_alive = log_alive - (before_segment[1:] - before_segment[:-1])
                     log_trans.index_copy_(0, alive, log_alive)
                     n_marched += samples.n_samples
-                march.advance(log_alive > threshold)
+                march.advance(log_alive > log_threshold)
         samples, features = _pack(parts, n_rays, origins)
         return samples, features, n_marched
 

@@ -59,6 +59,7 @@ __all__ = [
     "grid_cell_index",
     "grid_cell_positions",
     "sort_by_ray",
+    "samples_in_front",
     "DEFAULT_STEPS_PER_UNIT",
 ]
 
@@ -150,10 +151,14 @@ def _check_rays(origins: torch.Tensor, directions: torch.Tensor) -> None:
 
 
 def _check_packed(n_samples: int, ray_indices: torch.Tensor, ray_offsets: torch.Tensor, **per_sample) -> None:
-    if ray_offsets.ndim != 1 or ray_offsets.shape[0] < 1 or ray_offsets.dtype != torch.int64:
-        raise ValueError(f"ray_offsets must be int64 [R + 1], got {ray_offsets.dtype} {tuple(ray_offsets.shape)}")
     if ray_indices.shape != (n_samples,) or ray_indices.dtype != torch.int64:
         raise ValueError(f"ray_indices must be int64 [{n_samples}], got {ray_indices.dtype} {tuple(ray_indices.shape)}")
+    _check_offsets(n_samples, ray_offsets, **per_sample)
+
+
+def _check_offsets(n_samples: int, ray_offsets: torch.Tensor, **per_sample) -> None:
+    if ray_offsets.ndim != 1 or ray_offsets.shape[0] < 1 or ray_offsets.dtype != torch.int64:
+        raise ValueError(f"ray_offsets must be int64 [R + 1], got {ray_offsets.dtype} {tuple(ray_offsets.shape)}")
     for name, t in per_sample.items():
         if t.shape[0] != n_samples:
             raise ValueError(f"{name} must have {n_samples} samples (rows), got {tuple(t.shape)}")
@@ -327,6 +332,41 @@ def grid_cell_index(positions: torch.Tensor, grid: OccupancyGridLike, dt: torch.
     else:
         mip = reference.mip_from_dt(rel, dt.to(torch.float64), float(grid.base_size), int(grid.resolution), n_cascades)
     return reference.cell_index(rel, mip, int(grid.resolution))
+
+
+def samples_in_front(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, ray_offsets: torch.Tensor,
+                     log_transmittance: torch.Tensor, transmittance_threshold: float = 1e-4
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of packed rays in front of the point where each ray becomes opaque, for a
+    renderer that marches rays a segment at a time and evaluates densities without gradients first.
+
+    Args:
+        sigmas, t_starts, t_ends: ``[S]`` densities and intervals of the samples (packed by ray).
+        ray_offsets: ``int64 [R + 1]``, the packed layout.
+        log_transmittance: ``float64 [R]``, each ray's log-transmittance in front of its first sample
+            (0 for a ray's first segment).
+        transmittance_threshold: a sample is kept while the transmittance in front of it is above this.
+
+    Returns:
+        ``keep`` (``int64 [K]``, ascending indices of the kept samples) and each ray's log-transmittance
+        behind its last sample (``float64 [R]``), for the next segment.
+
+    Example::
+
+        >>> keep, log_t = samples_in_front(sigmas, s.t_starts, s.t_ends, s.ray_offsets, log_t)
+        >>> going = log_t > math.log(1e-4)  # the rays worth another segment
+    """
+    if sigmas.ndim != 1:
+        raise ValueError(f"sigmas must be [S], got {tuple(sigmas.shape)}")
+    _check_offsets(sigmas.shape[0], ray_offsets, t_starts=t_starts, t_ends=t_ends)
+    if log_transmittance.shape != (ray_offsets.shape[0] - 1,):
+        raise ValueError(f"log_transmittance must be [{ray_offsets.shape[0] - 1}] (one per ray), got "
+                         f"{tuple(log_transmittance.shape)}")
+    log_threshold = math.log(transmittance_threshold)
+    kernels = _kernels(sigmas.device)
+    if not hasattr(kernels, "samples_in_front") or sigmas.dtype != t_starts.dtype:
+        return reference.samples_in_front(sigmas, t_starts, t_ends, ray_offsets, log_transmittance, log_threshold)
+    return kernels.samples_in_front(sigmas, t_starts, t_ends, ray_offsets, log_transmittance, log_threshold)
 
 
 def sort_by_ray(ray_indices: torch.Tensor, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:

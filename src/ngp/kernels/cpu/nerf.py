@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 __all__ = ["march_rays", "composite_forward", "composite_backward", "render_weight_from_density", "cell_positions",
-           "sort_by_ray"]
+           "sort_by_ray", "samples_in_front"]
 
 _EXACT = dict(parallel=True, fastmath=False, cache=True)
 _FAST = dict(parallel=True, fastmath=True, cache=True)
@@ -302,6 +302,35 @@ def cell_positions(flat, offset, resolution, cell_sizes, corners, lo, hi):
     _cell_positions(_np(flat.to(torch.int64)), _np(offset.to(torch.float32)), resolution, _np(cell_sizes),
                     _np(corners), _np(lo), _np(hi), _np(out))
     return out
+
+
+@njit(cache=True)
+def _samples_in_front(sigmas, t_starts, t_ends, ray_offsets, log_transmittance, log_threshold, keep, after):
+    """:func:`ngp.kernels.reference.nerf.samples_in_front` in one pass on one thread, its running sum in
+    the same order (bit for bit; no ``fastmath``); returns the number of samples kept."""
+    total = 0.0  # the reference's cumulative sum over all samples
+    n_kept = 0
+    for r in range(ray_offsets.shape[0] - 1):
+        start = total
+        for j in range(ray_offsets[r], ray_offsets[r + 1]):
+            tau = np.float64(sigmas[j] * (t_ends[j] - t_starts[j]))
+            inclusive = total + tau
+            if log_transmittance[r] - (inclusive - tau - start) > log_threshold:
+                keep[n_kept] = j
+                n_kept += 1
+            total = inclusive
+        after[r] = log_transmittance[r] - (total - start)
+    return n_kept
+
+
+def samples_in_front(sigmas, t_starts, t_ends, ray_offsets, log_transmittance, log_threshold):
+    """The Numba form of :func:`ngp.kernels.reference.nerf.samples_in_front`: one pass instead of ~15
+    tensor operations per round of the training pre-pass."""
+    keep = torch.empty(sigmas.shape[0], dtype=torch.int64)
+    after = torch.empty(ray_offsets.shape[0] - 1, dtype=torch.float64)
+    n_kept = _samples_in_front(_np(sigmas), _np(t_starts), _np(t_ends), _np(ray_offsets),
+                               _np(log_transmittance.to(torch.float64)), float(log_threshold), _np(keep), _np(after))
+    return keep[:n_kept], after
 
 
 @njit(cache=True)

@@ -161,6 +161,24 @@ def cell_positions(flat: torch.Tensor, offset: torch.Tensor, resolution: int, ce
     return torch.maximum(torch.minimum(pos, hi), lo)
 
 
+def samples_in_front(sigmas: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, ray_offsets: torch.Tensor,
+                     log_transmittance: torch.Tensor, log_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep [K] int64, log_transmittance_after [R] float64)``: the samples (packed, ``[S]`` each; ``R``
+    rays) in front of the point where their ray's transmittance falls below ``exp(log_threshold)``,
+    given each ray's log-transmittance in front of its first sample (``[R]`` float64), and the rays'
+    log-transmittance behind their last sample. Optical thicknesses ``sigma * (t_end - t_start)`` are
+    float32 products summed in float64 by one running sum over all samples (a ray's part is the
+    difference of two of its values)."""
+    tau = (sigmas * (t_ends - t_starts)).double()
+    inclusive = torch.cumsum(tau, 0)
+    before_ray = torch.cat([inclusive.new_zeros(1), inclusive]).index_select(0, ray_offsets)
+    counts = ray_offsets[1:] - ray_offsets[:-1]
+    ray_indices = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+    before = inclusive - tau - before_ray.index_select(0, ray_indices)  # within the ray's samples
+    keep = ((log_transmittance.index_select(0, ray_indices) - before) > log_threshold).nonzero().squeeze(1)
+    return keep, log_transmittance - (before_ray[1:] - before_ray[:-1])
+
+
 def sort_by_ray(ray_indices: torch.Tensor, n_rays: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(order [S], ray_offsets [R + 1])``: the stable permutation that sorts ``ray_indices [S]`` (each
     ray's samples keep their order) and the packed layout's offsets of the sorted samples."""
