@@ -1,5 +1,6 @@
-"""Rays/s and samples/s of the NeRF ray ops (marching, composite forward+backward), Numba vs the
-PyTorch reference, in one process.
+"""Rays/s and samples/s of the NeRF ray ops (marching, composite forward+backward, the pre-pass's
+samples in front of opacity and its packing by ray, grid-update cell positions), Numba vs the PyTorch
+reference, in one process.
 
     python benchmarks/bench_nerf_ops.py                     # 2^14 rays, 128^3 grid, 5 repeats
     python benchmarks/bench_nerf_ops.py --rays 65536 --repeats 9 --cone-angle 0.00390625
@@ -7,7 +8,10 @@ PyTorch reference, in one process.
 Scene: an occupancy grid updated from an analytic density (a hollow sphere shell of radius 0.3 and a
 small box, in the unit cube, like a NeRF-synthetic object), rays from cameras on a sphere of radius 1.3
 looking at the centre (training-like: jittered first sample). The reference marcher is timed on
-``--reference-rays`` rays only (it is a vectorised loop over steps, slow by design). Medians of
+``--reference-rays`` rays only (it is a vectorised loop over steps, slow by design). ``sort_by_ray``
+packs the samples as a segment marcher leaves them (rounds of 8 samples per ray, one after another);
+``grid_cell_positions`` places 16 jittered points per ray's worth in random cells (its "samples" are
+points). Medians of
 ``--repeats`` runs after a warm-up run (which includes Numba's compilation, cached on disk).
 Wall-clock figures depend on the machine's load (other processes on the cores make them noisy); the
 CPU-time column (all threads of this process, per ``--rays`` rays) is much less sensitive to it.
@@ -131,13 +135,27 @@ def main() -> int:
             seconds, cpu = timed(with_backend(backend, fn), args.repeats)
             rows.append((name, backend, args.rays / seconds, n_samples / seconds, seconds, cpu))
 
+    log_transmittance = -torch.rand(args.rays, dtype=torch.float64, generator=g)
+    rank = torch.arange(n_samples) - samples.ray_offsets[samples.ray_indices]  # each sample's place in its ray
+    in_rounds = samples.ray_indices[torch.argsort((rank // 8) * args.rays + samples.ray_indices)]
+    cells = torch.randint(grid.occupied.numel(), (16 * args.rays,), generator=g)
+    jitter = torch.rand(cells.numel(), 3, generator=g)
+    others = (("samples_in_front", n_samples, lambda: ops.samples_in_front(
+                  sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets, log_transmittance)),
+              ("sort_by_ray", n_samples, lambda: ops.sort_by_ray(in_rounds, args.rays)),
+              ("grid_cell_positions", cells.numel(), lambda: ops.grid_cell_positions(cells, grid, jitter, grid.aabb)))
+    for name, count, fn in others:
+        for backend in ("numba", "reference"):
+            seconds, cpu = timed(with_backend(backend, fn), args.repeats)
+            rows.append((name, backend, args.rays / seconds, count / seconds, seconds, cpu))
+
     print(f"{'op':<20}{'backend':<11}{'M rays/s':>10}{'M samples/s':>13}{'wall ms':>10}"
           f"{'CPU ms per ' + str(args.rays) + ' rays':>26}")
     for name, backend, rays_s, samples_s, seconds, cpu in rows:
         print(f"{name:<20}{backend:<11}{rays_s / 1e6:>10.3f}{samples_s / 1e6:>13.2f}{seconds * 1e3:>10.1f}"
               f"{cpu * 1e3:>26.1f}")
     by = {(r[0], r[1]): r[3] for r in rows}
-    for op in ("march_rays", "composite fwd", "composite fwd+bwd"):
+    for op in ("march_rays", "composite fwd", "composite fwd+bwd") + tuple(name for name, _, _ in others):
         print(f"speed-up numba / reference, {op}: {by[(op, 'numba')] / by[(op, 'reference')]:.1f}x")
     return 0
 
