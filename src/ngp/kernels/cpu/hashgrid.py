@@ -52,7 +52,11 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   weights with the same loops, then scatter-adds point by point (bit-identical; 10 calls of 65k lego
   training points 110-114 -> 83-84 ms, alternating in one process). With the earlier point-by-point
   staging it had measured *slower* in blocks (94-108 -> 149 ms, 174-244 ms with write prefetches):
-  its time was the staging, not the read-modify-write.
+  its time was the staging, not the read-modify-write. With the vectorised staging its rows are
+  prefetched in 3-D as the forward's are (read prefetches, ``GRADIENT_PREFETCH_AHEAD`` points ahead),
+  bit-identical: lego / fox training calls of 65k samples 13.0 / 13.5 -> 11.1 / 11.4 ms, 2^18 uniform
+  points 45 -> 43 ms (alternating in one process). The 2-D gradient measured slower so (2^18 uniform
+  points 33 -> 35 ms) and keeps its loop.
 * **Table gradients** (a scatter-add): each thread owns whole levels, dealt by estimated cost
   (:func:`level_schedule`), so no two threads write one row: no atomics, no private copies of the
   table (measured 2x faster than splitting points between threads with private per-level buffers).
@@ -113,6 +117,9 @@ _DEFAULT_HASHING = np.array([COHERENT_PRIME, *PRIMES], dtype=np.int64)
 #: loops, then read with prefetches ``PREFETCH_AHEAD`` points ahead (see the module docstring).
 STAGE_BLOCK = 1024
 PREFETCH_AHEAD = 64
+#: The table gradients prefetch the rows they will add to this many points ahead: 16 measured best of
+#: 8-64 (65k-2^18 uniform points and training's samples; 64 was slower than none on 2^18 uniform points).
+GRADIENT_PREFETCH_AHEAD = 16
 #: The forward kernels encode a thread's points in groups of this many, level by level within a group:
 #: the group's output rows (8192 x 32 float32: 1 MB) stay in the core's cache while every level writes
 #: its columns.
@@ -390,16 +397,16 @@ def _forward_2d(x, table, pairs, meta, scales, interp, out, row_type, n_chunks):
                     count = min(STAGE_BLOCK, group_stop - first)
                     _block_rows2(xt, first, count, scale, res, lv, rows)  # vectorised
                     _block_weights2(xt, first, count, scale, interp, weights)  # vectorised
-                    _prefetch_first(table, rows, count, 4)
+                    _prefetch_first(table, rows, count, 4, PREFETCH_AHEAD)
                     if pairs.shape[0]:  # F == 2, the common case: a constant trip count, unrolled
                         for i in range(count):
-                            _prefetch_ahead(table, rows, i, count, 4)
+                            _prefetch_ahead(table, rows, i, count, 4, PREFETCH_AHEAD)
                             a, b = _pair_sum(pairs, rows, weights, i, 4)
                             _store(out, first + i, column, a)
                             _store(out, first + i, column + 1, b)
                     else:
                         for i in range(count):
-                            _prefetch_ahead(table, rows, i, count, 4)
+                            _prefetch_ahead(table, rows, i, count, 4, PREFETCH_AHEAD)
                             for f in range(n_features):
                                 _store(out, first + i, column + f, _sum_corners(table, rows, weights, i, f, 4))
 
@@ -530,18 +537,18 @@ def _block_weights3(xt, first, count, scale, interp, weights):
 
 
 @njit(**_JIT)
-def _prefetch_ahead(table, rows, i, count, corners):
-    """Prefetch the corner rows (``rows [corners, :]``) of the block's point ``i + PREFETCH_AHEAD``, if any."""
-    if i + PREFETCH_AHEAD < count:
+def _prefetch_ahead(table, rows, i, count, corners, ahead):
+    """Prefetch the corner rows (``rows [corners, :]``) of the block's point ``i + ahead``, if any."""
+    if i + ahead < count:
         for k in range(corners):
-            prefetch_read(table, rows[k, i + PREFETCH_AHEAD])
+            prefetch_read(table, rows[k, i + ahead])
 
 
 @njit(**_JIT)
-def _prefetch_first(table, rows, count, corners):
-    """Prefetch the corner rows of the block's first ``PREFETCH_AHEAD`` points."""
+def _prefetch_first(table, rows, count, corners, ahead):
+    """Prefetch the corner rows of the block's first ``ahead`` points."""
     for k in range(corners):
-        for i in range(min(count, PREFETCH_AHEAD)):
+        for i in range(min(count, ahead)):
             prefetch_read(table, rows[k, i])
 
 
@@ -570,16 +577,16 @@ def _forward_3d(x, table, pairs, meta, scales, interp, out, row_type, n_chunks):
                     count = min(STAGE_BLOCK, group_stop - first)
                     _block_rows3(xt, first, count, scale, res, lv, rows)  # vectorised
                     _block_weights3(xt, first, count, scale, interp, weights)  # vectorised
-                    _prefetch_first(table, rows, count, 8)
+                    _prefetch_first(table, rows, count, 8, PREFETCH_AHEAD)
                     if pairs.shape[0]:  # F == 2, the common case: a constant trip count, unrolled (measured 1.2x)
                         for i in range(count):
-                            _prefetch_ahead(table, rows, i, count, 8)
+                            _prefetch_ahead(table, rows, i, count, 8, PREFETCH_AHEAD)
                             a, b = _pair_sum(pairs, rows, weights, i, 8)
                             _store(out, first + i, column, a)
                             _store(out, first + i, column + 1, b)
                     else:
                         for i in range(count):
-                            _prefetch_ahead(table, rows, i, count, 8)
+                            _prefetch_ahead(table, rows, i, count, 8, PREFETCH_AHEAD)
                             for f in range(n_features):
                                 _store(out, first + i, column + f, _sum_corners(table, rows, weights, i, f, 8))
 
@@ -624,13 +631,16 @@ def _backward_table_3d(x, grads, meta, scales, interp, schedule, grad_table, gra
                 count = min(STAGE_BLOCK, x.shape[0] - first)
                 _block_rows3(xt, first, count, scale, res, lv, rows)
                 _block_weights3(xt, first, count, scale, interp, weights)
+                _prefetch_first(grad_table, rows, count, 8, GRADIENT_PREFETCH_AHEAD)
                 if grad_pairs.shape[0]:  # F == 2, the common case: the gradient loaded once
                     for i in range(count):
+                        _prefetch_ahead(grad_table, rows, i, count, 8, GRADIENT_PREFETCH_AHEAD)
                         g0, g1 = g[first + i, 0], g[first + i, 1]
                         for k in range(8):
                             _pair_add(grad_pairs, rows[k, i], weights[k, i], g0, g1)
                 else:
                     for i in range(count):
+                        _prefetch_ahead(grad_table, rows, i, count, 8, GRADIENT_PREFETCH_AHEAD)
                         for f in range(g.shape[1]):
                             for k in range(8):
                                 grad_table[rows[k, i], f] += weights[k, i] * g[first + i, f]
