@@ -13,6 +13,7 @@ from torch import nn
 from ngp.config import ConfigError, otype_of, require_choice, require_int, with_defaults
 from ngp.encodings import Encoding
 from ngp.encodings.base import Module, seeded_generator
+from ngp.ops.activations import relu_backward
 
 #: tiny-cuda-nn's MLP types all mean "an MLP" here; fused/CUTLASS/megakernel are GPU implementation
 #: details (instant-ngp also names ``MegakernelMLP``).
@@ -117,7 +118,7 @@ class _LinearReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, y = ctx.saved_tensors
-        grad = torch.ops.aten.threshold_backward(grad, y, 0)  # ReLU's backward, as autograd's for relu_
+        grad = relu_backward(grad, y)  # ReLU's backward, as autograd's for relu_ (a Numba kernel in bfloat16)
         grad_x = grad.mm(weight) if ctx.needs_input_grad[0] else None
         grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
         return grad_x, grad_weight
