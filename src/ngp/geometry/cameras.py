@@ -207,14 +207,20 @@ def generate_rays(cameras: Cameras, camera_index: torch.Tensor,
     """
     camera_index = camera_index.long()
     pixel_xy = pixel_xy.to(cameras.c2w.dtype)
-    x = (pixel_xy[:, 0] - cameras.cx[camera_index]) / cameras.fx[camera_index]
-    y = (pixel_xy[:, 1] - cameras.cy[camera_index]) / cameras.fy[camera_index]
+
+    def per_ray(t: torch.Tensor) -> torch.Tensor:
+        # the rows of t[camera_index]; index_select is faster (13k rays: 79 -> 16 us for c2w), but slow on a
+        # strided tensor (c2w may be a transposed view), so its few cameras are made contiguous first
+        return t.contiguous().index_select(0, camera_index)
+
+    x = (pixel_xy[:, 0] - per_ray(cameras.cx)) / per_ray(cameras.fx)
+    y = (pixel_xy[:, 1] - per_ray(cameras.cy)) / per_ray(cameras.fy)
     if cameras.has_distortion:
-        coeffs = [c[camera_index] for c in (cameras.k1, cameras.k2, cameras.p1, cameras.p2)]
+        coeffs = [per_ray(c) for c in (cameras.k1, cameras.k2, cameras.p1, cameras.p2)]
         x, y = undistort(x, y, *coeffs)
     # OpenCV normalised coordinates have y down and look down +z; OpenGL camera axes: y up, -z
     dirs_cam = torch.stack([x, -y, -torch.ones_like(x)], dim=-1)
-    c2w = cameras.c2w[camera_index]
+    c2w = per_ray(cameras.c2w)
     directions = torch.einsum("rij,rj->ri", c2w[:, :, :3], dirs_cam)
     directions = directions / directions.norm(dim=-1, keepdim=True)
     return c2w[:, :, 3].clone(), directions
