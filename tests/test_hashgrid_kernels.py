@@ -419,3 +419,25 @@ def test_corner_rows_staged_in_32_bits_give_the_64_bit_results(d, monkeypatch):
     assert cpu._row_type(table.numpy()).dtype == np.uint32
     huge = np.lib.stride_tricks.as_strided(np.zeros(2, np.float32), shape=((1 << 32) + 1, 2), strides=(0, 4))
     assert cpu._row_type(huge).dtype == np.int64
+
+
+@pytest.mark.parametrize("n_points", [5, 9000])  # one thread; several threads and a part block
+def test_level_major_gradients_reorder_and_widen_exactly(n_points):
+    """The backward kernels read ``grad_out [N, L*F]`` reordered to ``[L, N, F]``; bfloat16 gradients
+    (NeRF training's, from its bfloat16 features) are widened to float32 in the same pass: every bit
+    pattern as torch's conversion gives it, NaNs and infinities included."""
+    from ngp.kernels.cpu.hashgrid import _level_major_grads
+
+    n_levels, n_features = 16, 2
+    meta = np.zeros((n_levels, 8), dtype=np.int64)
+    g = torch.Generator().manual_seed(3)
+    bits = torch.randint(-32768, 32768, (n_points, n_levels * n_features), generator=g, dtype=torch.int32)
+    bits.view(-1)[:8] = torch.tensor([0x7F80, -128, 0x7FC0, -64, 0, -32768, 1, 0x0080])  # inf, -inf, NaNs, +-0, tiny
+    grad16 = bits.to(torch.int16).view(torch.bfloat16)
+    want = grad16.float().view(n_points, n_levels, n_features).transpose(0, 1).contiguous()
+    got = _level_major_grads(grad16.view(torch.int16).numpy().view(np.uint16), meta, n_features, np.float32)
+    assert got.dtype == np.float32
+    assert torch.equal(torch.from_numpy(got).view(torch.int32), want.view(torch.int32))  # bit for bit
+    grad32 = torch.randn(n_points, n_levels * n_features, generator=g)
+    got32 = _level_major_grads(grad32.numpy(), meta, n_features)
+    assert torch.equal(torch.from_numpy(got32), grad32.view(n_points, n_levels, n_features).transpose(0, 1))

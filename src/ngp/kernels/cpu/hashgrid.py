@@ -858,13 +858,30 @@ def _backward_x_nd(x, table, grads, meta, scales, interp, grad_x, d, n_chunks, h
 # ----------------------------------------------------------------------------------------------------
 
 
+#: :func:`_to_level_major` moves the gradients of this many points at a time.
+LEVEL_MAJOR_BLOCK = 512
+
+
 @njit(parallel=True, **_JIT)
-def _to_level_major(a, out):
+def _to_level_major(a, out, n_chunks):
+    """``out[level, n, f] = a[n, level * F + f]``, a block of points at a time: the block's rows of ``a``
+    stay in the cache while each level's part of ``out`` is written as one contiguous run. Point by
+    point (every point writing to all L runs) took 3.7 ms for 65k x 32 float32, blocks 1.3 ms (one
+    process, 2 cores). Bfloat16 gradients come as their bits (``a`` ``uint16``, ``out`` a ``uint32`` view
+    of float32): widened exactly (the bits shifted up), where a separate conversion made a pass more."""
     n_levels, n_features = out.shape[0], out.shape[2]
-    for n in prange(a.shape[0]):
-        for level in range(n_levels):
-            for f in range(n_features):
-                out[level, n, f] = a[n, level * n_features + f]
+    n_points = a.shape[0]
+    for chunk in prange(n_chunks):
+        start, stop = chunk * n_points // n_chunks, (chunk + 1) * n_points // n_chunks
+        for first in range(start, stop, LEVEL_MAJOR_BLOCK):
+            last = min(stop, first + LEVEL_MAJOR_BLOCK)
+            for level in range(n_levels):
+                for n in range(first, last):
+                    for f in range(n_features):
+                        if a.itemsize == 2:  # bfloat16 bits (resolved at compile time)
+                            out[level, n, f] = np.uint32(a[n, level * n_features + f]) << 16
+                        else:
+                            out[level, n, f] = a[n, level * n_features + f]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -918,10 +935,15 @@ def encode(x, table, meta, scales, interp, out, hashing=None):
             _forward_nd(x, table, meta, scales, interp, x.shape[1], out, n_chunks, hashing)
 
 
-def _level_major_grads(grad_out, meta, n_features):
-    grads = np.empty((meta.shape[0], grad_out.shape[0], n_features), dtype=grad_out.dtype)
+def _level_major_grads(grad_out, meta, n_features, dtype=None):
+    """``grad_out [N, L*F]`` as ``[L, N, F]``; ``grad_out`` may be bfloat16 bits (``uint16``), widened to
+    ``dtype`` (float32)."""
+    bits = grad_out.dtype == np.uint16
+    grads = np.empty((meta.shape[0], grad_out.shape[0], n_features), dtype=dtype if bits else grad_out.dtype)
+    if bits and grads.dtype != np.float32:
+        raise TypeError(f"bfloat16 gradients widen to float32, not {grads.dtype}")
     with _threads_for(grad_out.shape[0]):
-        _to_level_major(grad_out, grads)
+        _to_level_major(grad_out, grads.view(np.uint32) if bits else grads, nb.get_num_threads())
     return grads
 
 
@@ -1037,12 +1059,17 @@ def backward(
     needs_table_grad: bool,
     needs_x_grad: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of the loss w.r.t. ``table`` (in ``x.dtype``) and ``x`` (each ``None`` unless asked for)."""
+    """Gradients of the loss w.r.t. ``table`` (in ``x.dtype``) and ``x`` (each ``None`` unless asked for).
+    ``grad_out`` in ``x.dtype``, or bfloat16 with float32 ``x`` (widened as it is read)."""
     table = _widened(table, x)
-    xs, ts, gs = _numpy(x), _numpy(table), _numpy(grad_out)
+    xs, ts = _numpy(x), _numpy(table)
+    if grad_out.dtype == torch.bfloat16 and x.dtype == torch.float32 and grad_out.device.type == "cpu":
+        gs = grad_out.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+    else:
+        gs = _numpy(grad_out)
     meta, scales = constants(layout, xs.dtype)
     hashing = hash_constants(layout.hash_function, layout.n_dims, layout.hash_primes)
-    grads = _level_major_grads(gs, meta, table.shape[1])
+    grads = _level_major_grads(gs, meta, table.shape[1], xs.dtype)
     grad_table = grad_x = None
     if needs_table_grad:
         grad_table = torch.empty(table.shape, dtype=x.dtype)  # zeroed level by level in the kernel
