@@ -228,3 +228,33 @@ def test_pixel_centers_row_by_row():
     xy = pixel_centers(3, 2)
     expected = [[0.5, 0.5], [1.5, 0.5], [2.5, 0.5], [0.5, 1.5], [1.5, 1.5], [2.5, 1.5]]
     torch.testing.assert_close(xy, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("coeffs", [FOX_DISTORTION, (-0.25, 0.08, 0.002, -0.003), (0.4, 0.3, 0.05, -0.04)])
+@pytest.mark.parametrize("per_ray", [False, True])
+def test_undistort_kernel_is_the_reference_bit_for_bit(coeffs, per_ray):
+    """float32 on the CPU takes the Numba kernel: every rounding is the reference's (and wild points
+    far outside any lens, where the Jacobian may vanish, too)."""
+    from ngp.kernels.cpu import cameras as kernels
+    from ngp.kernels.reference import cameras as reference
+
+    g = torch.Generator().manual_seed(5)
+    xd, yd = (torch.rand(2, 5000, generator=g) - 0.5) * 1.5
+    xd[:50], yd[:50] = xd[:50] * 40, yd[:50] * 40
+    cs = [torch.full((5000,), c) * (1 + 0.1 * torch.rand(5000, generator=g)) if per_ray else c for c in coeffs]
+    want = reference.undistort(xd, yd, *cs)
+    got = undistort(xd, yd, *cs)
+    direct = kernels.undistort(xd, yd, [c if per_ray else torch.tensor([float(c)]) for c in cs], 10)
+    for w, a, b in zip(want, got, direct):
+        assert torch.equal(a.view(torch.int32), w.view(torch.int32))
+        assert torch.equal(b.view(torch.int32), w.view(torch.int32))
+
+
+def test_undistort_takes_the_reference_where_the_kernel_does_not_apply():
+    x = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    xu, yu = undistort(x, x, 0.1, 0.0, 0.0, 0.0)
+    assert xu.dtype == torch.float64  # the kernel is float32 only
+    xg = torch.tensor([0.1, -0.2], requires_grad=True)
+    xu, _ = undistort(xg, xg.detach(), 0.1, 0.0, 0.0, 0.0)
+    xu.sum().backward()  # with gradients: the reference, through autograd
+    assert xg.grad is not None and torch.all(xg.grad > 0)
