@@ -253,7 +253,7 @@ def test_undistort_kernel_is_the_reference_bit_for_bit(coeffs, per_ray):
 def test_undistort_takes_the_reference_where_the_kernel_does_not_apply():
     x = torch.tensor([0.1, -0.2], dtype=torch.float64)
     xu, yu = undistort(x, x, 0.1, 0.0, 0.0, 0.0)
-    assert xu.dtype == torch.float64  # the kernel is float32 only
+    assert xu.dtype == yu.dtype == torch.float64  # the kernel is float32 only
     xg = torch.tensor([0.1, -0.2], requires_grad=True)
     xu, _ = undistort(xg, xg.detach(), 0.1, 0.0, 0.0, 0.0)
     xu.sum().backward()  # with gradients: the reference, through autograd
