@@ -54,9 +54,9 @@ Design, from measurements on this project's 2-core Zen 5 machine (``benchmarks/b
   staging it had measured *slower* in blocks (94-108 -> 149 ms, 174-244 ms with write prefetches):
   its time was the staging, not the read-modify-write. With the vectorised staging its rows are
   prefetched in 3-D as the forward's are (read prefetches, ``GRADIENT_PREFETCH_AHEAD`` points ahead),
-  bit-identical (Intel Xeon, 2 cores): lego / fox training calls of 65k samples 13.0 / 13.5 -> 11.1 / 11.4 ms, 2^18 uniform
-  points 45 -> 43 ms (alternating in one process). The 2-D gradient measured slower so (2^18 uniform
-  points 33 -> 35 ms) and keeps its loop.
+  bit-identical (Intel Xeon, 2 cores): lego / fox training calls of 65k samples 13.0 / 13.5 -> 11.1 /
+  11.4 ms, 2^18 uniform points 45 -> 43 ms (alternating in one process). The 2-D gradient measured
+  slower so (2^18 uniform points 33 -> 35 ms) and keeps its loop.
 * **Table gradients** (a scatter-add): each thread owns whole levels, dealt by estimated cost
   (:func:`level_schedule`), so no two threads write one row: no atomics, no private copies of the
   table (measured 2x faster than splitting points between threads with private per-level buffers).
