@@ -254,6 +254,9 @@ def test_undistort_takes_the_reference_where_the_kernel_does_not_apply():
     x = torch.tensor([0.1, -0.2], dtype=torch.float64)
     xu, yu = undistort(x, x, 0.1, 0.0, 0.0, 0.0)
     assert xu.dtype == yu.dtype == torch.float64  # the kernel is float32 only
+    point = undistort(torch.tensor(0.1), torch.tensor(0.2), torch.tensor(0.1), 0.0, 0.0, 0.0)  # 0-dim: the reference
+    assert point[0].shape == () and torch.equal(point[0], undistort(torch.tensor([0.1]), torch.tensor([0.2]),
+                                                                   0.1, 0.0, 0.0, 0.0)[0][0])
     xg = torch.tensor([0.1, -0.2], requires_grad=True)
     xu, _ = undistort(xg, xg.detach(), 0.1, 0.0, 0.0, 0.0)
     xu.sum().backward()  # with gradients: the reference, through autograd
