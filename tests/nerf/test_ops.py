@@ -574,3 +574,93 @@ def test_march_without_per_sample_directions_leaves_them_empty(backend):
     assert lean.directions.shape == (0, 3)
     for name in ("positions", "ts", "t_starts", "t_ends", "ray_indices", "ray_offsets"):
         assert torch.equal(getattr(lean, name), getattr(full, name)), name
+
+
+# ----------------------------------------------------------------------------------------------------
+# Occupancy-grid updates: decay, thresholding and pooling (Numba against the reference)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _grid_densities(n_cascades: int, res: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Densities with untrained cells (-1), zeros, NaN and values at the float32 rounding of 0.1 (whose
+    comparisons and products differ in float64), and a random valid mask."""
+    g = torch.Generator().manual_seed(seed)
+    density = torch.rand(n_cascades, res ** 3, generator=g) * 0.3
+    flat = density.view(-1)
+    pick = torch.randperm(flat.numel(), generator=g)
+    flat[pick[:40]] = -1.0
+    flat[pick[40:80]] = 0.0
+    flat[pick[80:120]] = torch.tensor(0.1, dtype=torch.float32)
+    flat[pick[120:124]] = float("nan")
+    valid = torch.rand(n_cascades, res ** 3, generator=g) > 0.1
+    return density, valid
+
+
+def test_decay_density_kernel_is_the_reference_bit_for_bit():
+    """float32 products, NaN and non-positive cells kept; a float64 product differs (checked)."""
+    density, _ = _grid_densities(3, 12, 0)
+    for decay in (0.95, 0.1, 1 / 3):
+        expected = ref.decay_density_(density.clone(), decay)
+        got = density.clone()
+        version = got._version
+        assert cpu.decay_density_(got, decay) is got
+        assert torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0)), decay
+        assert got._version > version  # written through NumPy: the version still moves (caches key on it)
+    in_float64 = (density.double() * (1 / 3)).float()
+    assert not torch.equal(torch.where(density > 0, in_float64, density).nan_to_num(7.0),
+                           ref.decay_density_(density.clone(), 1 / 3).nan_to_num(7.0))
+
+
+def test_decay_density_op_falls_back_for_strided_densities():
+    density, _ = _grid_densities(2, 8, 1)
+    strided = density.t()  # not contiguous: the kernel would write a copy
+    expected = ref.decay_density_(density.clone(), 0.5).t()
+    ops.decay_density_(strided, 0.5)
+    assert torch.equal(strided.nan_to_num(7.0), expected.nan_to_num(7.0))
+
+
+@pytest.mark.parametrize("n_cascades,res", [(3, 8), (2, 16), (1, 6)])
+@pytest.mark.parametrize("threshold", [0.1, 0.01, 0.0])
+def test_occupancy_from_density_kernel_is_the_reference(n_cascades, res, threshold):
+    density, valid = _grid_densities(n_cascades, res, res + n_cascades)
+    expected = ref.occupancy_from_density(density, valid, threshold)
+    got = cpu.occupancy_from_density(density, valid, threshold)
+    assert got.dtype == torch.bool and torch.equal(got, expected)
+    if n_cascades > 1:  # the pooling did something
+        assert not torch.equal(expected, (density > threshold) & valid)
+
+
+def test_occupancy_from_density_compares_in_float32():
+    """A density of float32(0.1) is not above a threshold of 0.1 (torch compares in float32; in float64
+    it would be)."""
+    density = torch.full((1, 8), 0.1)
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    assert not ops.occupancy_from_density(density, valid, 0.1).any()
+    assert ops.occupancy_from_density(density, valid, 0.0999).all()
+
+
+def test_occupancy_from_density_names_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[C, res\^3\]"):
+        ops.occupancy_from_density(torch.zeros(2, 100), torch.ones(2, 100, dtype=torch.bool), 0.01)
+    with pytest.raises(ValueError, match="bool valid mask"):
+        ops.occupancy_from_density(torch.zeros(1, 8), torch.ones(1, 8), 0.01)
+
+
+def test_skip_sizes_mark_the_inner_cascades_empty_blocks_one():
+    """In cascades above the first, the empty blocks of the middle half (looked up in the finer cascade)
+    skip only themselves (1) in every octant, the occupied ones 0; the others are the cubes' sides."""
+    import numpy as np
+
+    n = 8
+    g = torch.Generator().manual_seed(5)
+    occupied = (torch.rand(3, n ** 3, generator=g) < 0.2).to(torch.uint8).numpy()
+    sizes = cpu._skip_sizes(occupied, n)
+    grid = occupied.reshape(3, n, n, n)
+    inner = np.zeros((3, n, n, n), bool)
+    inner[1:, 2:6, 2:6, 2:6] = True
+    obstacle = (grid != 0) | inner
+    cubes = np.empty((3, 8, n ** 3), np.uint8)
+    cpu._forward_cubes(obstacle.reshape(3, -1).view(np.uint8), n, n, cubes)
+    expected = np.where((inner & (grid == 0)).reshape(3, 1, -1), 1, cubes)
+    assert np.array_equal(sizes, expected)
+    assert (sizes[1:, :, inner[1].reshape(-1)] == 1).any() and (sizes[0] > 1).any()

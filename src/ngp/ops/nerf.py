@@ -60,6 +60,8 @@ __all__ = [
     "grid_cell_positions",
     "sort_by_ray",
     "samples_in_front",
+    "decay_density_",
+    "occupancy_from_density",
     "DEFAULT_STEPS_PER_UNIT",
 ]
 
@@ -411,6 +413,48 @@ def grid_cell_positions(cells: torch.Tensor, grid: OccupancyGridLike, offsets: t
     kernels = _kernels(device)
     compute = kernels.cell_positions if hasattr(kernels, "cell_positions") else reference.cell_positions
     return compute(cells, offsets, res, sizes, corners, lo, hi)
+
+
+def _grid_kernel(name: str, density: torch.Tensor, *others: torch.Tensor):
+    """The compiled kernel ``name`` for these grid tensors, or the reference's: the kernels take
+    contiguous float32 densities and bool masks."""
+    kernels = _kernels(density.device)
+    plain = density.dtype == torch.float32 and density.is_contiguous() and \
+        all(t.dtype == torch.bool and t.is_contiguous() for t in others)
+    return getattr(kernels, name) if plain and hasattr(kernels, name) else getattr(reference, name)
+
+
+def decay_density_(density: torch.Tensor, decay: float) -> torch.Tensor:
+    """Multiply the positive densities of an occupancy grid by ``decay`` in place (the update's EMA
+    decay; cells marked untrained (< 0) and empty ones keep their value); returns ``density``.
+
+    Example::
+
+        >>> decay_density_(grid.density, 0.95)
+    """
+    if not density.is_floating_point():
+        raise ValueError(f"density must be a float tensor, got {density.dtype}")
+    return _grid_kernel("decay_density_", density)(density, float(decay))
+
+
+def occupancy_from_density(density: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The occupancy (``bool [C, res^3]``) of the cascades ``density [C, res^3]``: cells above
+    ``threshold`` and ``valid``, each cascade also ORed (2x2x2 cells into one) into the middle half of
+    the next coarser one, which it covers (instant-ngp's density-grid bitfield and its mips).
+
+    Example::
+
+        >>> grid.occupied.copy_(occupancy_from_density(grid.density, grid.valid, 0.01))
+    """
+    if valid.shape != density.shape or valid.dtype != torch.bool or not density.is_floating_point():
+        raise ValueError(f"need a float density and a bool valid mask of one shape, got {density.dtype} "
+                         f"{tuple(density.shape)} and {valid.dtype} {tuple(valid.shape)}")
+    n_cells = density.shape[-1] if density.ndim == 2 else -1
+    res = round(max(n_cells, 0) ** (1 / 3))
+    if density.ndim != 2 or res ** 3 != n_cells or (density.shape[0] > 1 and res % 4):
+        raise ValueError(f"density must be [C, res^3] (res a multiple of 4 with several cascades), got "
+                         f"{tuple(density.shape)}")
+    return _grid_kernel("occupancy_from_density", density, valid)(density, valid, float(threshold))
 
 
 # ----------------------------------------------------------------------------------------------------
