@@ -8,7 +8,8 @@ Usage::
 
 Warms a model up for ``--warmup`` steps (so the occupancy grid is sparse, as in a real run), then
 times ``--steps`` training steps phase by phase (marching with the density pre-pass that finds
-the samples in front of surfaces, field forward, compositing + loss, backward, optimizer), and renders one image. Prints medians.
+the samples in front of surfaces, field forward, compositing + loss, backward, the loop's check that
+every gradient is finite, optimizer), and renders one image. Prints medians.
 Timings on a shared machine are noisy: compare variants in one process, back to back.
 """
 
@@ -26,6 +27,7 @@ from ngp.nerf.trainer import NerfTask, build_nerf_task, resolve_data
 from ngp.ops.nerf import composite
 from ngp.io.checkpoints import load_checkpoint
 from ngp.train.loop import load_task_state
+from ngp.train.precision import gradients_finite
 from ngp.train.settings import build_config
 
 
@@ -63,6 +65,8 @@ def timed_step(task: NerfTask, timings: dict[str, list[float]]) -> int:
     task.optimizer.zero_grad()
     loss.backward()
     mark("backward")
+    gradients_finite(task.optimizer.adam)  # the training loop's guard (MixedPrecision.backward_and_step)
+    mark("finite-gradient check")
     task.optimizer.step()
     mark("optimizer (Adam + EMA)")
     task._adapt_batch(samples.n_samples, marched)
@@ -93,8 +97,8 @@ def main() -> None:
                                              "target_samples": args.target_samples}, device)
         task = build_nerf_task(config, device, args.precision)
     dataset = task.dataset
-    print(f"precision: {task.amp.precision}; torch threads: {torch.get_num_threads()}; data: {data} ({len(dataset)} images, "
-          f"{int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])})")
+    print(f"precision: {task.amp.precision}; torch threads: {torch.get_num_threads()}; data: {data} "
+          f"({len(dataset)} images, {int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])})")
     start = time.perf_counter()
     warm_up(task, args.warmup)
     print(f"warm-up: {args.warmup} steps in {time.perf_counter() - start:.1f} s, "

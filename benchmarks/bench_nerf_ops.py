@@ -1,6 +1,6 @@
 """Rays/s and samples/s of the NeRF ray ops (marching, composite forward+backward, the pre-pass's
-samples in front of opacity and its packing by ray, grid-update cell positions), Numba vs the PyTorch
-reference, in one process.
+samples in front of opacity and its packing by ray, grid updates' cell positions, decay and occupancy),
+Numba vs the PyTorch reference, in one process.
 
     python benchmarks/bench_nerf_ops.py                     # 2^14 rays, 128^3 grid, 5 repeats
     python benchmarks/bench_nerf_ops.py --rays 65536 --repeats 9 --cone-angle 0.00390625
@@ -11,7 +11,8 @@ looking at the centre (training-like: jittered first sample). The reference marc
 ``--reference-rays`` rays only (it is a vectorised loop over steps, slow by design). ``sort_by_ray``
 packs the samples as a segment marcher leaves them (rounds of 8 samples per ray, one after another);
 ``grid_cell_positions`` places 16 jittered points per ray's worth in random cells (its "samples" are
-points). Medians of
+points); ``decay_density_`` and ``occupancy_from_density`` pass over three cascades of random densities
+(their "samples" are cells). Medians of
 ``--repeats`` runs after a warm-up run (which includes Numba's compilation, cached on disk).
 Wall-clock figures depend on the machine's load (other processes on the cores make them noisy); the
 CPU-time column (all threads of this process, per ``--rays`` rays) is much less sensitive to it.
@@ -140,19 +141,25 @@ def main() -> int:
     in_rounds = samples.ray_indices[torch.argsort((rank // 8) * args.rays + samples.ray_indices)]
     cells = torch.randint(grid.occupied.numel(), (16 * args.rays,), generator=g)
     jitter = torch.rand(cells.numel(), 3, generator=g)
+    # a grid update's passes over every cell, on three cascades (as a real scene's: fox has 3 x 128^3)
+    cascades = torch.rand(3, args.resolution ** 3, generator=g) * 0.02
+    cascades_valid = torch.rand(3, args.resolution ** 3, generator=g) > 0.1
     others = (("samples_in_front", n_samples, lambda: ops.samples_in_front(
                   sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets, log_transmittance)),
               ("sort_by_ray", n_samples, lambda: ops.sort_by_ray(in_rounds, args.rays)),
-              ("grid_cell_positions", cells.numel(), lambda: ops.grid_cell_positions(cells, grid, jitter, grid.aabb)))
+              ("grid_cell_positions", cells.numel(), lambda: ops.grid_cell_positions(cells, grid, jitter, grid.aabb)),
+              ("decay_density_", cascades.numel(), lambda: ops.decay_density_(cascades, 0.9999)),
+              ("occupancy_from_density", cascades.numel(),
+               lambda: ops.occupancy_from_density(cascades, cascades_valid, 0.01)))
     for name, count, fn in others:
         for backend in ("numba", "reference"):
             seconds, cpu = timed(with_backend(backend, fn), args.repeats)
             rows.append((name, backend, args.rays / seconds, count / seconds, seconds, cpu))
 
-    print(f"{'op':<20}{'backend':<11}{'M rays/s':>10}{'M samples/s':>13}{'wall ms':>10}"
+    print(f"{'op':<23}{'backend':<11}{'M rays/s':>10}{'M samples/s':>13}{'wall ms':>10}"
           f"{'CPU ms per ' + str(args.rays) + ' rays':>26}")
     for name, backend, rays_s, samples_s, seconds, cpu in rows:
-        print(f"{name:<20}{backend:<11}{rays_s / 1e6:>10.3f}{samples_s / 1e6:>13.2f}{seconds * 1e3:>10.1f}"
+        print(f"{name:<23}{backend:<11}{rays_s / 1e6:>10.3f}{samples_s / 1e6:>13.2f}{seconds * 1e3:>10.1f}"
               f"{cpu * 1e3:>26.1f}")
     by = {(r[0], r[1]): r[3] for r in rows}
     for op in ("march_rays", "composite fwd", "composite fwd+bwd") + tuple(name for name, _, _ in others):

@@ -177,11 +177,18 @@ def _table_gradient_bounded(grad_out: torch.Tensor, x: torch.Tensor, grad_table:
     check costs a pass over ``grad_out`` [N, L*F] (0.2 ms for 65k x 32 bfloat16) instead of one over the
     table's gradient (~2 ms for ~50 MB in a late training step, measured), so that the training's guard
     against non-finite steps (:func:`ngp.train.precision.gradients_finite`) need not read it."""
-    if grad_table.device.type != "cpu" or grad_out.numel() == 0 or not all_finite(x):
+    if grad_table.device.type != "cpu" or grad_out.numel() == 0 or _tracing(grad_out) or not all_finite(x):
         return False
     lo, hi = torch.aminmax(grad_out)  # NaN in, NaN out
     bound = max(-float(lo), float(hi))
     return math.isfinite(bound) and bound * x.shape[0] * 1.01 < torch.finfo(grad_table.dtype).max
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """Whether ``t`` has no values to read: torch.compile's tracing (fake or functional tensors)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return torch.compiler.is_compiling() or is_fake(t)
 
 
 _encode_op.register_autograd(_backward, setup_context=_setup_context)
