@@ -30,8 +30,9 @@ backward). A compiled kernel module provides, on torch tensors of one device:
   sigmas, rgbs, t_starts, t_ends, ray_indices, ray_offsets, background, color, opacity, depth,
   threshold) -> (grad_sigmas [S], grad_rgbs [S,C], grad_background [R,C])``
 * optionally ``render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, ray_offsets,
-  threshold, transmittance_start [R] or None) -> weights [S]``, without gradients (the reference
-  runs where a family has none)
+  threshold, transmittance_start [R] or None) -> weights [S]``, without gradients, and the occupancy
+  grid's ``decay_density_(density, decay)`` and ``occupancy_from_density(density [C, res^3], valid,
+  threshold) -> bool [C, res^3]`` (the reference runs where a family has none)
 
 with exactly the semantics of the same-named functions of :mod:`ngp.kernels.reference.nerf`.
 """
