@@ -39,9 +39,9 @@ def test_a_nan_among_many_is_found():
 # Gradients proved finite by their kernel: the note on the parameter, and the training's guard
 # ----------------------------------------------------------------------------------------------------
 
-from ngp.encodings.grid import HashGrid  # noqa: E402
-from ngp.ops.checks import gradient_noted_finite, note_finite_gradient  # noqa: E402
-from ngp.train.precision import gradients_finite  # noqa: E402
+from ngp.encodings.grid import HashGrid
+from ngp.ops.checks import gradient_noted_finite, note_finite_gradient
+from ngp.train.precision import gradients_finite
 
 SMALL_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
               "base_resolution": 4, "per_level_scale": 2.0}

@@ -50,8 +50,13 @@ from typing import Callable, Sequence
 import torch
 
 from ngp.ops.checks import all_finite
-from ngp.ops.nerf import (DEFAULT_STEPS_PER_UNIT, decay_density_, grid_cell_index, grid_cell_positions,
-                          occupancy_from_density)
+from ngp.ops.nerf import (
+    DEFAULT_STEPS_PER_UNIT,
+    decay_density_,
+    grid_cell_index,
+    grid_cell_positions,
+    occupancy_from_density,
+)
 
 __all__ = ["OccupancyGrid", "NERF_MIN_OPTICAL_THICKNESS"]
 
