@@ -505,8 +505,7 @@ def _skip_sizes(any_occupied: np.ndarray, n_blocks: int) -> np.ndarray:
     sizes = np.empty((n_cascades, 8, n_blocks ** 3), np.uint8)
     # n_blocks: the cube covers the whole grid (it is clipped to it)
     _forward_cubes(obstacle, n_blocks, min(n_blocks, 255), sizes)
-    if n_cascades > 1 and q > 0:
-        _free_inner_blocks(sizes, any_occupied, n_blocks)
+    _free_inner_blocks(sizes, any_occupied, n_blocks)  # nothing to do with one cascade
     return sizes
 
 
