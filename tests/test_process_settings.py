@@ -58,3 +58,33 @@ def test_import_has_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose
     assert _openmp_settings_after_import() == ["PASSIVE", "100000"]
     assert _openmp_settings_after_import(OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
     assert _openmp_settings_after_import(GOMP_SPINCOUNT="5") == ["None", "5"]
+
+
+# Records the torch functions called while `import ngp` runs: name, dtype and size of the first argument.
+_RECORD_IMPORT = """
+import torch
+from torch.overrides import TorchFunctionMode
+calls = []
+class Record(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor):
+            calls.append((getattr(func, "__name__", ""), str(first.dtype), first.numel()))
+        return func(*args, **(kwargs or {}))
+with Record():
+    import ngp
+print(repr((ngp.VECTOR_MATH_OPS, calls)))
+"""
+
+
+def test_import_has_mkl_choose_each_vector_math_kernel_on_one_thread():
+    """MKL 2024.2 picks a vector-maths kernel at its first call, and threads that make it together can
+    get a low-accuracy one (pytorch/pytorch#188792): ``import ngp`` first calls each such op on a tensor
+    too small for torch to split over threads (ATen's grain for these ops: 2048 elements)."""
+    ops, calls = eval(_fresh_python(_RECORD_IMPORT, ()).strip().splitlines()[-1])
+    assert {"exp", "log", "sqrt", "sin", "cos"} <= set(ops)
+    for dtype in ("torch.float32", "torch.float64"):
+        for op in ops:
+            sizes = [n for name, d, n in calls if name == op and d == dtype]
+            assert sizes and sizes[0] < 2048, f"import ngp should first run {op} on a few {dtype} elements " \
+                                              f"(one thread), got calls of {sizes}"

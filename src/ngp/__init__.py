@@ -83,6 +83,35 @@ from ngp.losses import build_loss  # noqa: E402
 from ngp.networks import Network, NetworkWithInputEncoding  # noqa: E402
 from ngp.optim import build_optimizer  # noqa: E402
 
+#: torch's CPU ops that run on MKL's vector maths (VML) for float32 and float64 (ATen's ``cpu/vml.h``).
+VECTOR_MATH_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin",
+                   "sqrt", "tan", "tanh", "trunc")
+
+
+def _settle_vector_math() -> None:
+    """Have MKL choose each vector-maths kernel on this thread, before two threads can choose together.
+
+    torch hands a large float tensor's ``exp``, ``log``, ``sqrt``, ... to MKL's VML, one call per OpenMP
+    thread on its share of the elements. MKL 2024.2 (torch 2.x's wheels) picks a function's kernel
+    (instruction set, accuracy) at its first call, and when threads make that first call together one of
+    them can run a low-accuracy kernel over its whole share (pytorch/pytorch#188792). Seen here: the
+    first density ``exp`` of a process off by up to 7e-5 relative on one thread's half of the rows, so a
+    grid update, and with it the training, differed between processes now and then (about 1 in 10).
+    One element per function and dtype runs on the calling thread and settles the choice, as the
+    upstream fix does (pytorch/pytorch#188791); ~0.1 ms at import. ``NGP_SETTLE_VECTOR_MATH=0`` skips
+    it (``benchmarks/check_first_exp.py`` counts the processes it spares)."""
+    import torch
+
+    if os.environ.get("NGP_SETTLE_VECTOR_MATH", "1") == "0":
+        return
+    for dtype in (torch.float32, torch.float64):
+        one = torch.full((1,), 0.5, dtype=dtype)
+        for name in VECTOR_MATH_OPS:
+            getattr(torch, name)(one)
+
+
+_settle_vector_math()
+
 __version__ = "0.1.0"
 
 __all__ = [
