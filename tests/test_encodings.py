@@ -58,6 +58,40 @@ def test_spherical_harmonics_encoding_maps_unit_cube_inputs_back_to_directions()
     assert enc.n_output_dims == 9
 
 
+@pytest.mark.parametrize("degree", range(1, 9))
+def test_spherical_harmonics_kernel_equals_the_reference_bit_for_bit(degree):
+    from ngp.kernels.cpu.spherical_harmonics import BLOCK, spherical_harmonics
+
+    g = torch.Generator().manual_seed(degree)
+    d = torch.nn.functional.normalize(torch.randn(3 * BLOCK + 5, 3, generator=g), dim=-1)  # a partial block
+    x = torch.cat([(d + 1) / 2, torch.rand(40, 3, generator=g),  # not unit length: used as they are
+                   torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.5, 0.5, 1.0]])])
+    expected = real_spherical_harmonics(x * 2.0 - 1.0, degree)
+    got = spherical_harmonics(x, degree)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert torch.equal(got, expected), f"{int((got != expected).sum())} of {got.numel()} values differ, by up to " \
+                                       f"{float((got - expected).abs().max()):.2e}"
+    assert spherical_harmonics(x[:0], degree).shape == (0, degree * degree)
+
+
+def test_spherical_harmonics_encoding_takes_the_kernel_only_without_input_gradients(monkeypatch):
+    from ngp.kernels.cpu import spherical_harmonics as kernel
+
+    enc = ngp.Encoding(3, {"otype": "SphericalHarmonics", "degree": 4})
+    x = ((unit_directions(300).float() + 1) / 2).requires_grad_()
+    calls = []
+    monkeypatch.setattr(kernel, "spherical_harmonics", lambda *a: calls.append(1) or real_spherical_harmonics(
+        a[0] * 2.0 - 1.0, a[1]))
+    with torch.no_grad():
+        enc(x)
+    enc(x.detach())
+    assert len(calls) == 2
+    y = enc(x)  # gradients w.r.t. the directions: the reference, differentiable
+    assert len(calls) == 2 and y.requires_grad
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_frequency_encoding_values_and_order():
     enc = ngp.Encoding(2, {"otype": "Frequency", "n_frequencies": 3})
     x = torch.tensor([[0.25, 0.1]], dtype=torch.float64)
