@@ -1,6 +1,6 @@
 """Rays/s and samples/s of the NeRF ray ops (marching, composite forward+backward, the pre-pass's
-samples in front of opacity and its packing by ray, grid updates' cell positions, decay and occupancy),
-Numba vs the PyTorch reference, in one process.
+samples in front of opacity and its packing by ray, grid updates' cell positions, decay and occupancy,
+the view directions' spherical harmonics), Numba vs the PyTorch reference, in one process.
 
     python benchmarks/bench_nerf_ops.py                     # 2^14 rays, 128^3 grid, 5 repeats
     python benchmarks/bench_nerf_ops.py --rays 65536 --repeats 9 --cone-angle 0.00390625
@@ -12,7 +12,8 @@ looking at the centre (training-like: jittered first sample). The reference marc
 packs the samples as a segment marcher leaves them (rounds of 8 samples per ray, one after another);
 ``grid_cell_positions`` places 16 jittered points per ray's worth in random cells (its "samples" are
 points); ``decay_density_`` and ``occupancy_from_density`` pass over three cascades of random densities
-(their "samples" are cells). Medians of
+(their "samples" are cells); ``spherical_harmonics`` encodes the rays' directions (degree 4, NeRF's
+colour input; its "samples" are rays). Medians of
 ``--repeats`` runs after a warm-up run (which includes Numba's compilation, cached on disk).
 Wall-clock figures depend on the machine's load (other processes on the cores make them noisy); the
 CPU-time column (all threads of this process, per ``--rays`` rays) is much less sensitive to it.
@@ -25,7 +26,7 @@ import os
 import statistics
 import time
 
-import ngp  # noqa: F401  (first: its OpenMP settings are read when torch loads libgomp)
+import ngp  # (first: its OpenMP settings are read when torch loads libgomp)
 import torch
 
 from ngp.nerf.occupancy import OccupancyGrid
@@ -144,13 +145,16 @@ def main() -> int:
     # a grid update's passes over every cell, on three cascades (as a real scene's: fox has 3 x 128^3)
     cascades = torch.rand(3, args.resolution ** 3, generator=g) * 0.02
     cascades_valid = torch.rand(3, args.resolution ** 3, generator=g) > 0.1
+    harmonics = ngp.Encoding(3, {"otype": "SphericalHarmonics", "degree": 4})
+    encoded_directions = ((directions + 1.0) * 0.5).clamp(0.0, 1.0)  # as NerfField.direction_features
     others = (("samples_in_front", n_samples, lambda: ops.samples_in_front(
                   sigmas, samples.t_starts, samples.t_ends, samples.ray_offsets, log_transmittance)),
               ("sort_by_ray", n_samples, lambda: ops.sort_by_ray(in_rounds, args.rays)),
               ("grid_cell_positions", cells.numel(), lambda: ops.grid_cell_positions(cells, grid, jitter, grid.aabb)),
               ("decay_density_", cascades.numel(), lambda: ops.decay_density_(cascades, 0.9999)),
               ("occupancy_from_density", cascades.numel(),
-               lambda: ops.occupancy_from_density(cascades, cascades_valid, 0.01)))
+               lambda: ops.occupancy_from_density(cascades, cascades_valid, 0.01)),
+              ("spherical_harmonics", args.rays, lambda: harmonics(encoded_directions)))
     for name, count, fn in others:
         for backend in ("numba", "reference"):
             seconds, cpu = timed(with_backend(backend, fn), args.repeats)
