@@ -29,7 +29,7 @@ def _constants(degree: int) -> tuple[np.ndarray, np.ndarray]:
     q0 = np.array([(-1) ** m * math.prod(range(2 * m - 1, 0, -2)) for m in range(degree)], dtype=np.float32)
     scale = np.zeros((degree, degree), dtype=np.float32)
     for m in range(degree):
-        for l in range(m, degree):  # noqa: E741 (the band's usual name)
+        for l in range(m, degree):
             k = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
             scale[l, m] = k if m == 0 else math.sqrt(2) * k
     return q0, scale
@@ -64,7 +64,7 @@ def _encode(x, degree, q0, scale, out):
         for m in range(degree):
             for j in range(w):
                 q[j] = q0[m]
-            for l in range(m, degree):  # noqa: E741
+            for l in range(m, degree):
                 if l == m + 1:
                     c = np.float32(2 * m + 1)
                     for j in range(w):
