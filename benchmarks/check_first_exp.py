@@ -44,6 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    if not os.path.exists(args.from_run):
+        parser.error(f"--from-run: no such run folder: {args.from_run}")
     results: dict[str, list[float]] = {"warm-up (default)": [], "NGP_SETTLE_VECTOR_MATH=0": []}
     for _ in range(args.processes):
         for setting, values in results.items():  # alternating: the machine's state hits both alike
