@@ -32,19 +32,29 @@ def real_spherical_harmonics(directions: torch.Tensor, degree: int) -> torch.Ten
     out = [None] * degree**2
     for m in range(degree):
         # Q_m^m = (-1)^m (2m-1)!!, then Q_{l}^m from Q_{l-1}^m and Q_{l-2}^m
-        q_prev, q = None, torch.full_like(x, (-1) ** m * _double_factorial(2 * m - 1))
+        q_prev, q = None, torch.full_like(x, legendre_start(m))
         for l in range(m, degree):
             if l == m + 1:
                 q_prev, q = q, z * (2 * m + 1) * q
             elif l > m + 1:
                 q_prev, q = q, ((2 * l - 1) * z * q - (l + m - 1) * q_prev) / (l - m)
-            k = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
             if m == 0:
-                out[l * l + l] = k * q
+                out[l * l + l] = band_scale(l, m) * q
             else:
-                out[l * l + l + m] = math.sqrt(2) * k * re[m] * q
-                out[l * l + l - m] = math.sqrt(2) * k * im[m] * q
+                out[l * l + l + m] = band_scale(l, m) * re[m] * q
+                out[l * l + l - m] = band_scale(l, m) * im[m] * q
     return torch.stack(out, dim=-1)
+
+
+def legendre_start(m: int) -> int:
+    """``Q_m^m = (-1)^m (2m-1)!!``, where the recurrence for order ``m`` starts."""
+    return (-1) ** m * _double_factorial(2 * m - 1)
+
+
+def band_scale(l: int, m: int) -> float:
+    """What band ``l``, order ``m >= 0`` is multiplied by: ``K_l^0``, or ``sqrt(2) K_l^m`` for ``m > 0``."""
+    k = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+    return k if m == 0 else math.sqrt(2) * k
 
 
 def _double_factorial(n: int) -> int:

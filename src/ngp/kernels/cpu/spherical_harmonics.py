@@ -10,11 +10,11 @@ bit (tests compare them).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from numba import njit, prange
+
+from ngp.encodings.spherical_harmonics import band_scale, legendre_start
 
 __all__ = ["spherical_harmonics"]
 
@@ -23,15 +23,13 @@ BLOCK = 256
 
 
 def _constants(degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """``q0 [degree]``: ``Q_m^m = (-1)^m (2m-1)!!``; ``scale [degree, degree]``: what the reference
-    multiplies band ``l``, order ``m`` by (``K_l^0``, or ``sqrt(2) K_l^m`` computed in double, then
-    rounded to float32 as torch rounds a Python scalar for a float32 tensor)."""
-    q0 = np.array([(-1) ** m * math.prod(range(2 * m - 1, 0, -2)) for m in range(degree)], dtype=np.float32)
+    """``q0 [degree]`` (:func:`legendre_start`) and ``scale [degree, degree]`` (:func:`band_scale`, computed
+    in double, then rounded to float32 as torch rounds a Python scalar for a float32 tensor)."""
+    q0 = np.array([legendre_start(m) for m in range(degree)], dtype=np.float32)
     scale = np.zeros((degree, degree), dtype=np.float32)
     for m in range(degree):
         for l in range(m, degree):
-            k = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
-            scale[l, m] = k if m == 0 else math.sqrt(2) * k
+            scale[l, m] = band_scale(l, m)
     return q0, scale
 
 
