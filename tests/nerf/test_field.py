@@ -220,6 +220,29 @@ def test_density_from_features_under_bfloat16_autocast_matches_the_full_network(
     torch.testing.assert_close(sigma, trunc_exp(log_density), rtol=2e-2, atol=1e-3)
 
 
+def test_density_from_features_pads_small_calls_to_one_row_count(monkeypatch):
+    """The pre-pass's last rounds evaluate a few dozen samples each; each new row count made oneDNN build
+    a kernel (~1.5 ms). Calls below PAD_ROWS_MIN rows run on PAD_ROWS_MIN rows, with the same densities."""
+    from ngp import networks
+
+    if networks._LINEAR_RELU is None:
+        pytest.skip("this PyTorch build has no fused oneDNN linear + ReLU")
+    rows = []
+    fused = networks._LINEAR_RELU
+    monkeypatch.setattr(networks, "_LINEAR_RELU", lambda x, *args: rows.append(x.shape[0]) or fused(x, *args))
+    torch.manual_seed(0)
+    field = NerfField(UNIT_AABB, config=SMALL)
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+        features = field.encode(torch.rand(200, 3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            small = [field.density_from_features(features[:n]) for n in (37, 61, 200)]
+            whole = field.density_from_features(features)
+    assert rows == [networks.PAD_ROWS_MIN] * 4
+    for n, sigma in zip((37, 61, 200), small):
+        assert sigma.shape == (n,) and torch.equal(sigma, whole[:n])
+
+
 def test_geometry_in_the_rendering_dtype_is_the_float32_geometry_rounded():
     """geometry(dtype=bfloat16) (rendering: the hash grid writes bfloat16 features, the density
     network hands its bfloat16 product on) holds exactly what the float32 path gives, rounded; it is
