@@ -55,7 +55,7 @@ def _openmp_settings_after_import(**env) -> list[str]:
 
 
 def test_import_has_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():
-    assert _openmp_settings_after_import() == ["PASSIVE", "100000"]
+    assert _openmp_settings_after_import() == ["PASSIVE", "10000000"]
     assert _openmp_settings_after_import(OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
     assert _openmp_settings_after_import(GOMP_SPINCOUNT="5") == ["None", "5"]
 

@@ -23,16 +23,21 @@ import os
 # omp layer loads), and a step alternates between them hundreds of times. With libgomp's default (spin
 # ~3 ms, then sleep) the idle pool's threads spun and starved the other: up to 9x slower steps on 2
 # cores (measured early on). Sleeping at once (passive) has every parallel region wake its threads
-# through the kernel: with ~1 ms of spinning first, resumed 30-s lego sessions trained 624-693k ->
-# 763-799k samples/s, lego frames 1.59-1.70 -> 1.40-1.58 s, a 300-step image fit 6.1-6.4 -> 5.3 s,
-# SDF steps in 20 s 160-171 -> 179 (alternating; 10k and 1M spins trained alike, 768-807k, 10k rendered
-# slower). The cost: on cores that other processes keep busy, spinning threads take their time slices
-# (image fit, 100 steps, beside two busy processes: 5.1-14.2 s against 3.3-4.3 s passive); set
-# OMP_WAIT_POLICY=PASSIVE on such a machine.
+# through the kernel, which costs most on virtual machines (an idle vCPU halts; a [73728, 32] x
+# [32, 64] product took 0.8 ms back to back, ~2 ms after its threads slept 5 ms). So the threads spin
+# first, up to ~0.1 s (10M of libgomp's spins, ~100k per ms): long enough to span the gaps between one
+# pool's regions within a step. Measured (alternating processes, against ~1 ms of spinning): on an
+# Intel Xeon VM late lego steps median 193 -> 167 ms (6 pairs, each faster), lego frames 2.34 -> 2.15 s
+# (5 of 6 faster), a fox loop with its grid updates 216-235 -> 181-194 ms per step (3 pairs), image and
+# SDF fits unchanged; on a Zen 5 VM, ~1 ms against purely passive: resumed 30-s lego sessions
+# 624-693k -> 763-799k samples/s (10k, 1M spins and ACTIVE alike there). The cost: on cores that other processes keep
+# busy, spinning threads take their time slices (an image fit's 100 steps beside two busy processes
+# 13.1 / 14.3 s with ~1 ms of spinning, 14.4 / 20.8 s with ~0.1 s, 3.3-4.3 s passive in an earlier
+# measurement); set OMP_WAIT_POLICY=PASSIVE on such a machine.
 # Both are read when each library first loads, so before torch and Numba are imported.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["GOMP_SPINCOUNT"] = "100000"  # libgomp's unit: ~100k spins per ms
+    os.environ["GOMP_SPINCOUNT"] = "10000000"  # ~0.1 s at libgomp's ~100k spins per ms
 # Training allocates and frees buffers of tens of MB every step (gradients of the hash tables,
 # activations). Without huge pages each one costs thousands of page faults: measured 12 s of 35 s
 # in the kernel for a NeRF benchmark, 7 s with them. Read by torch's CPU allocator at its first use.
