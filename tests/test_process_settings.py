@@ -54,7 +54,7 @@ def _openmp_settings_after_import(**env) -> list[str]:
     return _fresh_python(probe, ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"), **env).split()[-2:]
 
 
-def test_import_has_openmp_threads_spin_briefly_then_sleep_unless_the_user_chose():
+def test_import_has_openmp_threads_spin_then_sleep_unless_the_user_chose():
     assert _openmp_settings_after_import() == ["PASSIVE", "10000000"]
     assert _openmp_settings_after_import(OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
     assert _openmp_settings_after_import(GOMP_SPINCOUNT="5") == ["None", "5"]

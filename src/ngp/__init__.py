@@ -29,11 +29,11 @@ import os
 # pool's regions within a step. Measured (alternating processes, against ~1 ms of spinning): on an
 # Intel Xeon VM late lego steps median 193 -> 167 ms (6 pairs, each faster), lego frames 2.34 -> 2.15 s
 # (5 of 6 faster), a fox loop with its grid updates 216-235 -> 181-194 ms per step (3 pairs), image and
-# SDF fits unchanged; on a Zen 5 VM, ~1 ms against purely passive: resumed 30-s lego sessions
-# 624-693k -> 763-799k samples/s (10k, 1M spins and ACTIVE alike there). The cost: on cores that other processes keep
-# busy, spinning threads take their time slices (an image fit's 100 steps beside two busy processes
-# 13.1 / 14.3 s with ~1 ms of spinning, 14.4 / 20.8 s with ~0.1 s, 3.3-4.3 s passive in an earlier
-# measurement); set OMP_WAIT_POLICY=PASSIVE on such a machine.
+# SDF fits unchanged. (On a Zen 5 VM ~1 ms of spinning against none trained resumed 30-s lego sessions
+# at 624-693k -> 763-799k samples/s; 10k, 1M spins and ACTIVE alike there.) The cost: on cores that
+# other processes keep busy, spinning threads take their time slices (an image fit's 100 steps beside
+# two busy processes: 13.1 / 14.3 s with ~1 ms of spinning, 14.4 / 20.8 s with ~0.1 s); set
+# OMP_WAIT_POLICY=PASSIVE on such a machine.
 # Both are read when each library first loads, so before torch and Numba are imported.
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
