@@ -38,11 +38,12 @@ def real_spherical_harmonics(directions: torch.Tensor, degree: int) -> torch.Ten
                 q_prev, q = q, z * (2 * m + 1) * q
             elif l > m + 1:
                 q_prev, q = q, ((2 * l - 1) * z * q - (l + m - 1) * q_prev) / (l - m)
+            scale = band_scale(l, m)
             if m == 0:
-                out[l * l + l] = band_scale(l, m) * q
+                out[l * l + l] = scale * q
             else:
-                out[l * l + l + m] = band_scale(l, m) * re[m] * q
-                out[l * l + l - m] = band_scale(l, m) * im[m] * q
+                out[l * l + l + m] = scale * re[m] * q
+                out[l * l + l - m] = scale * im[m] * q
     return torch.stack(out, dim=-1)
 
 
