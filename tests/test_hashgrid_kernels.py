@@ -371,7 +371,7 @@ def assert_rounded_to_bfloat16(rounded, features, table):
     # one bfloat16 apart (adjacent bit patterns of the same sign) ...
     apart = (rounded[differ].view(torch.int16).int() - expected[differ].view(torch.int16).int()).abs()
     assert (apart == 1).all(), f"{int((apart != 1).sum())} features more than one bfloat16 from the rounding"
-    # ... and within a few float32 roundings of the largest products of the midpoint between the two
+    # ... and the float32 feature within a few float32 roundings (of the largest table entry) of their midpoint
     midpoint = (rounded[differ].double() + expected[differ].double()) / 2
     slack = 16 * torch.finfo(torch.float32).eps * float(table.abs().max())
     off = (features[differ].double() - midpoint).abs()
